@@ -1,0 +1,448 @@
+"""The project datafile: validated on the way in, then indexed for O(1) look-ups.
+
+The pydantic models mirror the datafile's camelCase JSON (versions 2, 3 and 4). They check
+what Optimizely's own JSON schema checks (required keys and their types) plus
+``endOfRange`` in ``0..10000``, and accept everything Optimizely accepts: unknown keys,
+empty traffic ranges, non-numeric ids, missing ``featureEnabled``. A datafile that fails
+raises :class:`~optitrack.DatafileError` with one ``location: message`` line per problem.
+
+:class:`ProjectConfig` is the read-only, indexed view that the hot paths use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from ._exceptions import DatafileError
+
+__all__ = ["Datafile", "ProjectConfig", "load_datafile"]
+
+logger = logging.getLogger("optitrack")
+
+SUPPORTED_VERSIONS = ("2", "3", "4")
+MAX_END_OF_RANGE = 10_000
+RESERVED_ATTRIBUTE_PREFIX = "$opt_"
+
+US_EVENT_ENDPOINT = "https://logx.optimizely.com/v1/events"
+EU_EVENT_ENDPOINT = "https://eu.logx.optimizely.com/v1/events"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+class _Model(BaseModel):
+    # Unknown keys are ignored, as in Optimizely's JSON schema; scalars are strict (a
+    # number is not a string, a float or a bool is not an integer), as in its draft 4.
+    model_config = ConfigDict(
+        alias_generator=_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+
+class TrafficAllocation(_Model):
+    """One range of a traffic allocation: buckets below ``end_of_range`` go to ``entity_id``."""
+
+    entity_id: StrictStr
+    end_of_range: StrictInt = Field(ge=0, le=MAX_END_OF_RANGE)
+
+
+class VariableUsage(_Model):
+    """A variation's value for one feature variable (by the variable's id)."""
+
+    id: StrictStr
+    value: StrictStr
+
+
+class Variation(_Model):
+    """A variation of an experiment or rollout rule."""
+
+    id: StrictStr
+    key: StrictStr
+    feature_enabled: StrictBool = False
+    variables: tuple[VariableUsage, ...] = ()
+
+
+class Experiment(_Model):
+    """An experiment, a feature test or a rollout rule (they share one shape)."""
+
+    id: StrictStr
+    key: StrictStr
+    layer_id: StrictStr
+    status: StrictStr
+    variations: tuple[Variation, ...]
+    traffic_allocation: tuple[TrafficAllocation, ...]
+    audience_ids: tuple[StrictStr, ...]
+    audience_conditions: Any = None
+    forced_variations: dict[StrictStr, Any]
+    type: StrictStr | None = None
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the experiment is ``Running`` (only running ones bucket users)."""
+        return self.status == "Running"
+
+
+class Group(_Model):
+    """A group of mutually exclusive (``random``) or overlapping experiments."""
+
+    id: StrictStr
+    policy: StrictStr
+    traffic_allocation: tuple[TrafficAllocation, ...]
+    experiments: tuple[Experiment, ...]
+
+
+class Event(_Model):
+    """A conversion event that Track can record."""
+
+    id: StrictStr
+    key: StrictStr
+    experiment_ids: tuple[StrictStr, ...]
+
+
+class Attribute(_Model):
+    """A custom attribute that may be sent with events."""
+
+    id: StrictStr
+    key: StrictStr
+
+
+class Audience(_Model):
+    """A legacy audience, whose ``conditions`` is a JSON document in a string."""
+
+    id: StrictStr
+    name: StrictStr
+    conditions: StrictStr
+
+
+class TypedAudience(_Model):
+    """A typed audience, whose ``conditions`` is JSON (it overrides a legacy one by id)."""
+
+    id: StrictStr
+    name: StrictStr = ""
+    conditions: Any
+
+
+class Variable(_Model):
+    """A feature variable declaration: its type and default value."""
+
+    id: StrictStr
+    key: StrictStr
+    type: StrictStr
+    default_value: StrictStr
+    sub_type: StrictStr | None = None
+
+
+class FeatureFlag(_Model):
+    """A feature flag: experiment rules, then a rollout, and its variables."""
+
+    id: StrictStr
+    key: StrictStr
+    experiment_ids: tuple[StrictStr, ...] = ()
+    rollout_id: StrictStr = ""
+    variables: tuple[Variable, ...] = ()
+
+
+class Rollout(_Model):
+    """A rollout: its rules, the last of which is "Everyone Else"."""
+
+    id: StrictStr
+    experiments: tuple[Experiment, ...]
+
+
+class Holdout(_Model):
+    """A holdout: users bucketed into it get the flag's default (off) decision."""
+
+    id: StrictStr
+    key: StrictStr
+    status: StrictStr
+    variations: tuple[Variation, ...] = ()
+    traffic_allocation: tuple[TrafficAllocation, ...] = ()
+    audience_ids: tuple[StrictStr, ...] = ()
+    audience_conditions: Any = None
+    included_rules: tuple[StrictStr, ...] | None = None
+    layer_id: StrictStr = ""
+
+
+class Integration(_Model):
+    """A third-party integration (ODP and such); kept for completeness."""
+
+    key: StrictStr
+    host: StrictStr | None = None
+    public_key: StrictStr | None = None
+
+
+class Datafile(_Model):
+    """A project datafile (versions 2, 3 and 4), as validated on load."""
+
+    version: Literal["2", "3", "4"]
+    account_id: StrictStr
+    project_id: StrictStr
+    revision: StrictStr
+    anonymize_ip: StrictBool = Field(default=False, alias="anonymizeIP")
+    bot_filtering: StrictBool | None = None
+    send_flag_decisions: StrictBool = False
+    region: StrictStr | None = None
+    sdk_key: StrictStr | None = None
+    environment_key: StrictStr | None = None
+    attributes: tuple[Attribute, ...]
+    audiences: tuple[Audience, ...]
+    typed_audiences: tuple[TypedAudience, ...] = ()
+    events: tuple[Event, ...]
+    experiments: tuple[Experiment, ...]
+    groups: tuple[Group, ...]
+    feature_flags: tuple[FeatureFlag, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
+    holdouts: tuple[Holdout, ...] = ()
+    local_holdouts: tuple[Holdout, ...] = ()
+    integrations: tuple[Integration, ...] = ()
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be a boolean",
+    "list_type": "must be an array",
+    "tuple_type": "must be an array",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(datafile)"
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "less_than_equal":
+        message = f"must be <= {ctx['le']}"
+    elif kind == "greater_than_equal":
+        message = f"must be >= {ctx['ge']}"
+    elif kind == "literal_error":
+        message = f"must be one of {ctx['expected']}"
+    else:
+        message = _MESSAGES.get(kind, error["msg"])
+    got = error.get("input")
+    if kind != "missing" and isinstance(got, str | int | float | bool) or got is None:
+        message += f" (got {got!r})"
+    return f"{_location(error['loc'])}: {message}"
+
+
+def _read(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Any:
+    if isinstance(source, Mapping):
+        return source
+    if not isinstance(source, str | bytes | bytearray | os.PathLike):
+        raise TypeError(
+            "a datafile is JSON text or bytes, a path or a mapping, "
+            f"not {type(source).__name__}"
+        )
+    if isinstance(source, os.PathLike):
+        try:
+            source = Path(source).read_bytes()
+        except OSError as exc:
+            raise DatafileError([f"(file {os.fspath(source)!r}): {exc.strerror or exc}"]) from exc
+    try:
+        return json.loads(source)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DatafileError([f"(json): not valid JSON: {exc}"]) from exc
+
+
+def load_datafile(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> ProjectConfig:
+    """Load and validate a project datafile.
+
+    Args:
+        source: The datafile as JSON text or bytes, a path to a JSON file, or a mapping
+            (already parsed JSON).
+
+    Returns:
+        The indexed, read-only project config.
+
+    Raises:
+        DatafileError: The datafile is not JSON, misses a required key, has a value of the
+            wrong type, an unsupported ``version`` or an ``endOfRange`` out of ``0..10000``.
+            The message names every problem and where it is.
+    """
+    raw = _read(source)
+    if not isinstance(raw, Mapping):
+        raise DatafileError([f"(datafile): must be a JSON object (got {type(raw).__name__})"])
+    try:
+        datafile = Datafile.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors(include_url=False)]
+        raise DatafileError(problems) from exc
+    return ProjectConfig(datafile)
+
+
+def _by(items: Any, attr: str) -> MappingProxyType[str, Any]:
+    # Later entries win over earlier ones with the same key, as in Optimizely's SDK.
+    return MappingProxyType({getattr(item, attr): item for item in items})
+
+
+def _parse_conditions(audience: Audience | TypedAudience) -> Any:
+    if isinstance(audience, TypedAudience):
+        return audience.conditions
+    try:
+        return json.loads(audience.conditions)
+    except ValueError:
+        logger.warning(
+            "Audience %r has conditions that are not valid JSON; it evaluates to unknown.",
+            audience.id,
+        )
+        return None
+
+
+class ProjectConfig:
+    """The read-only, indexed view of a datafile.
+
+    Every look-up the hot paths need (events, attributes, experiments, variations, flags,
+    rollouts, audiences, groups, by key and by id) is one dict access.
+
+    Attributes:
+        datafile: The validated datafile this config was built from.
+    """
+
+    def __init__(self, datafile: Datafile) -> None:
+        self.datafile = datafile
+        self.account_id = datafile.account_id
+        self.project_id = datafile.project_id
+        self.revision = datafile.revision
+        self.anonymize_ip = datafile.anonymize_ip
+        self.bot_filtering = datafile.bot_filtering
+        self.send_flag_decisions = datafile.send_flag_decisions
+        self.region = "EU" if (datafile.region or "").upper() == "EU" else "US"
+        self.default_event_endpoint = (
+            EU_EVENT_ENDPOINT if self.region == "EU" else US_EVENT_ENDPOINT
+        )
+
+        self.events_by_key: Mapping[str, Event] = _by(datafile.events, "key")
+        self.events_by_id: Mapping[str, Event] = _by(datafile.events, "id")
+        self.attributes_by_key: Mapping[str, Attribute] = _by(datafile.attributes, "key")
+        self.attributes_by_id: Mapping[str, Attribute] = _by(datafile.attributes, "id")
+        self.groups_by_id: Mapping[str, Group] = _by(datafile.groups, "id")
+        self.rollouts_by_id: Mapping[str, Rollout] = _by(datafile.rollouts, "id")
+        self.flags_by_key: Mapping[str, FeatureFlag] = _by(datafile.feature_flags, "key")
+        self.flags_by_id: Mapping[str, FeatureFlag] = _by(datafile.feature_flags, "id")
+
+        audiences: dict[str, Audience | TypedAudience] = {a.id: a for a in datafile.audiences}
+        audiences.update((a.id, a) for a in datafile.typed_audiences)
+        self.audiences_by_id: Mapping[str, Audience | TypedAudience] = MappingProxyType(audiences)
+        #: Each audience's condition tree, parsed once (``None`` when unparseable).
+        self.audience_conditions: Mapping[str, Any] = MappingProxyType(
+            {audience_id: _parse_conditions(a) for audience_id, a in audiences.items()}
+        )
+
+        experiments: dict[str, Experiment] = {e.id: e for e in datafile.experiments}
+        group_of: dict[str, Group] = {}
+        for group in datafile.groups:
+            for experiment in group.experiments:
+                experiments[experiment.id] = experiment
+                group_of[experiment.id] = group
+        rules: dict[str, Experiment] = {}
+        for rollout in datafile.rollouts:
+            rules.update((rule.id, rule) for rule in rollout.experiments)
+        #: Experiments (top level and in groups), by id and by key.
+        self.experiments_by_id: Mapping[str, Experiment] = MappingProxyType(experiments)
+        self.experiments_by_key: Mapping[str, Experiment] = _by(experiments.values(), "key")
+        #: Rollout rules by id.
+        self.rollout_rules_by_id: Mapping[str, Experiment] = MappingProxyType(rules)
+        #: The group an experiment belongs to, by experiment id.
+        self.group_by_experiment_id: Mapping[str, Group] = MappingProxyType(group_of)
+        #: Variations by experiment (or rule) id, then by variation key and by id.
+        self.variations_by_key: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
+            {
+                e.id: _by(e.variations, "key")
+                for e in (*experiments.values(), *rules.values())
+            }
+        )
+        self.variations_by_id: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
+            {
+                e.id: _by(e.variations, "id")
+                for e in (*experiments.values(), *rules.values())
+            }
+        )
+        #: The flags whose experiment rules include an experiment, by experiment id.
+        flags_of: dict[str, list[FeatureFlag]] = {}
+        for flag in datafile.feature_flags:
+            for experiment_id in flag.experiment_ids:
+                flags_of.setdefault(experiment_id, []).append(flag)
+        self.flags_by_experiment_id: Mapping[str, tuple[FeatureFlag, ...]] = MappingProxyType(
+            {k: tuple(v) for k, v in flags_of.items()}
+        )
+        self._warn_dangling_references()
+
+    def _warn_dangling_references(self) -> None:
+        for experiment in (*self.experiments_by_id.values(), *self.rollout_rules_by_id.values()):
+            for audience_id in experiment.audience_ids:
+                if audience_id not in self.audiences_by_id:
+                    logger.warning(
+                        "Experiment %r refers to audience %r, which is not in the datafile; "
+                        "it evaluates to unknown.",
+                        experiment.key,
+                        audience_id,
+                    )
+        for flag in self.flags_by_key.values():
+            for experiment_id in flag.experiment_ids:
+                if experiment_id not in self.experiments_by_id:
+                    logger.warning(
+                        "Flag %r refers to experiment %r, which is not in the datafile.",
+                        flag.key,
+                        experiment_id,
+                    )
+            if flag.rollout_id and flag.rollout_id not in self.rollouts_by_id:
+                logger.warning(
+                    "Flag %r refers to rollout %r, which is not in the datafile.",
+                    flag.key,
+                    flag.rollout_id,
+                )
+
+    def attribute_entity_id(self, key: str) -> str | None:
+        """The ``entity_id`` an attribute is sent with, or ``None`` when it is not sent.
+
+        Args:
+            key: The attribute key the caller passed.
+
+        Returns:
+            The datafile attribute's id; the key itself for a ``$opt_`` key that is not in
+            the datafile; ``None`` for any other key.
+        """
+        attribute = self.attributes_by_key.get(key)
+        if attribute is not None:
+            return attribute.id or None
+        if key.startswith(RESERVED_ATTRIBUTE_PREFIX):
+            return key
+        return None
+
+    def get_experiment(self, experiment_id: str) -> Experiment | None:
+        """An experiment or rollout rule by id.
+
+        Args:
+            experiment_id: The experiment's or rule's id.
+
+        Returns:
+            The experiment or rule, or ``None`` when the datafile has neither.
+        """
+        return self.experiments_by_id.get(experiment_id) or self.rollout_rules_by_id.get(
+            experiment_id
+        )

@@ -1,0 +1,66 @@
+"""The exceptions optitrack raises.
+
+One root, so that ``except optitrack.OptitrackError`` catches everything the library
+raises on purpose::
+
+    OptitrackError
+    ├── DatafileError (also ValueError)   a datafile that cannot be used, with where and why
+    ├── TrackError (also ValueError)      a refused track call, raised in strict mode only
+    ├── DecisionError (also ValueError)   a refused decision call, raised in strict mode only
+    └── ClientStateError (also RuntimeError)  the client is not running (not entered, closed)
+
+Errors from httpx and pydantic never escape: they are translated at the boundary where
+they happen, and chained (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientStateError",
+    "DatafileError",
+    "DecisionError",
+    "OptitrackError",
+    "TrackError",
+]
+
+
+class OptitrackError(Exception):
+    """Root of every exception optitrack raises on purpose."""
+
+
+class DatafileError(OptitrackError, ValueError):
+    """A datafile that cannot be loaded.
+
+    Attributes:
+        problems: One ``"location: message"`` line per problem found, e.g.
+            ``"experiments[2].trafficAllocation[1].endOfRange: must be <= 10000"``.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = f"invalid datafile: {self.problems[0]}"
+        else:
+            listed = "\n".join(f"  {p}" for p in self.problems)
+            message = f"invalid datafile, {len(self.problems)} problems:\n{listed}"
+        super().__init__(message)
+
+
+class TrackError(OptitrackError, ValueError):
+    """A track call that was refused, raised only by a client created with ``strict=True``.
+
+    Attributes:
+        reason: The machine-readable reason, as in :class:`optitrack.TrackResult`.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class DecisionError(OptitrackError, ValueError):
+    """A decision call with invalid input, raised only by a client created with ``strict=True``."""
+
+
+class ClientStateError(OptitrackError, RuntimeError):
+    """The client was used outside ``async with`` (not started, or already closed)."""

@@ -1,5 +1,9 @@
-"""optitrack: asyncio-native Optimizely Track, decisions and Events API delivery."""
+"""optitrack: asyncio-native Optimizely Track, decisions and Events API delivery.
 
+Everything public is importable from here; the modules behind it are private.
+"""
+
+from ._client import Client, UserContext
 from ._datafile import ProjectConfig, load_datafile
 from ._exceptions import (
     ClientStateError,
@@ -8,15 +12,38 @@ from ._exceptions import (
     OptitrackError,
     TrackError,
 )
+from ._notifications import (
+    DecisionNotification,
+    LogEventNotification,
+    NotificationCenter,
+    NotificationType,
+    TrackNotification,
+)
+from ._processor import Overflow
+from ._results import FlushResult, Reason, Statistics, TrackResult
+from ._retry import RetryPolicy
 from ._version import __version__
 
 __all__ = [
+    "Client",
     "ClientStateError",
     "DatafileError",
     "DecisionError",
+    "DecisionNotification",
+    "FlushResult",
+    "LogEventNotification",
+    "NotificationCenter",
+    "NotificationType",
     "OptitrackError",
+    "Overflow",
     "ProjectConfig",
+    "Reason",
+    "RetryPolicy",
+    "Statistics",
     "TrackError",
+    "TrackNotification",
+    "TrackResult",
+    "UserContext",
     "__version__",
     "load_datafile",
 ]

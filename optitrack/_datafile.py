@@ -245,7 +245,7 @@ def _describe(error: Any) -> str:
     else:
         message = _MESSAGES.get(kind, error["msg"])
     got = error.get("input")
-    if kind != "missing" and isinstance(got, str | int | float | bool) or got is None:
+    if (kind != "missing" and isinstance(got, str | int | float | bool)) or got is None:
         message += f" (got {got!r})"
     return f"{_location(error['loc'])}: {message}"
 
@@ -255,8 +255,7 @@ def _read(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Any:
         return source
     if not isinstance(source, str | bytes | bytearray | os.PathLike):
         raise TypeError(
-            "a datafile is JSON text or bytes, a path or a mapping, "
-            f"not {type(source).__name__}"
+            f"a datafile is JSON text or bytes, a path or a mapping, not {type(source).__name__}"
         )
     if isinstance(source, os.PathLike):
         try:
@@ -371,16 +370,10 @@ class ProjectConfig:
         self.group_by_experiment_id: Mapping[str, Group] = MappingProxyType(group_of)
         #: Variations by experiment (or rule) id, then by variation key and by id.
         self.variations_by_key: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
-            {
-                e.id: _by(e.variations, "key")
-                for e in (*experiments.values(), *rules.values())
-            }
+            {e.id: _by(e.variations, "key") for e in (*experiments.values(), *rules.values())}
         )
         self.variations_by_id: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
-            {
-                e.id: _by(e.variations, "id")
-                for e in (*experiments.values(), *rules.values())
-            }
+            {e.id: _by(e.variations, "id") for e in (*experiments.values(), *rules.values())}
         )
         #: The flags whose experiment rules include an experiment, by experiment id.
         flags_of: dict[str, list[FeatureFlag]] = {}

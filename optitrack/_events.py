@@ -1,0 +1,427 @@
+"""Building user events as compact JSON bytes, once, at the call.
+
+Each conversion or impression becomes one ``visitors[]`` entry of the Events API
+(02-events-api.md), serialized to compact ASCII JSON the moment it is tracked. Serializing
+at the call rejects bad values there (never NaN or a ``datetime`` in a batch), gives exact
+byte accounting for the queue, and lets the sender join bytes instead of re-encoding.
+
+This is the hot path of ``track``: plain Python, JSON fragments cached per event and
+attribute key, no pydantic. The wire models in ``_wire.py`` describe the same shape and
+the tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import os
+import random
+import time
+from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import Any
+
+from ._datafile import Experiment, Holdout, ProjectConfig, Variation
+from ._version import __version__
+
+__all__ = [
+    "CLIENT_NAME",
+    "BatchContext",
+    "EventFactory",
+    "InvalidTagsError",
+    "new_uuid",
+]
+
+logger = logging.getLogger("optitrack")
+
+CLIENT_NAME = "optitrack"
+_MAX_SAFE_NUMBER = 2**53
+_CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
+_TAGS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+# A uuid4 from a private generator: an order of magnitude cheaper than uuid.uuid4(), and
+# reseeded from the OS in a forked child so that parent and child never share a stream
+# (nor does a user's random.seed() touch it).
+_uuid_random = random.Random()
+os.register_at_fork(after_in_child=_uuid_random.seed)
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_uuid() -> str:
+    """Return a random RFC 4122 version 4 UUID as a string."""
+    h = "%032x" % (_uuid_random.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class InvalidTagsError(ValueError):
+    """Event tags that cannot be sent as valid JSON (NaN, a ``datetime``, a cycle...)."""
+
+
+class BatchContext:
+    """What events must share to travel in one request (02-events-api.md).
+
+    Two contexts are equal when account, project, revision, ``anonymize_ip`` and endpoint
+    are; ``prefix`` is the request body up to the opening of ``visitors``.
+    """
+
+    __slots__ = (
+        "_key",
+        "account_id",
+        "anonymize_ip",
+        "endpoint",
+        "prefix",
+        "project_id",
+        "revision",
+    )
+
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        project_id: str,
+        revision: str,
+        anonymize_ip: bool,
+        endpoint: str,
+    ) -> None:
+        self.account_id = account_id
+        self.project_id = project_id
+        self.revision = revision
+        self.anonymize_ip = anonymize_ip
+        self.endpoint = endpoint
+        self._key = (account_id, project_id, revision, anonymize_ip, endpoint)
+        self.prefix = (
+            '{"account_id":%s,"project_id":%s,"revision":%s,"client_name":%s,'
+            '"client_version":%s,"anonymize_ip":%s,"enrich_decisions":true,"visitors":['
+            % (
+                _json_str(account_id),
+                _json_str(project_id),
+                _json_str(revision),
+                _json_str(CLIENT_NAME),
+                _json_str(__version__),
+                "true" if anonymize_ip else "false",
+            )
+        ).encode("ascii")
+
+    #: The body's closing bytes, after the last visitor.
+    SUFFIX = b"]}"
+
+    def body(self, visitors: list[bytes]) -> bytes:
+        """Assemble a request body from serialized visitors.
+
+        Args:
+            visitors: Visitors serialized by :class:`EventFactory`.
+
+        Returns:
+            The complete JSON request body.
+        """
+        return b"".join((self.prefix, b",".join(visitors), self.SUFFIX))
+
+    def body_size(self, visitors_bytes: int, count: int) -> int:
+        """The size of a body holding ``count`` visitors totalling ``visitors_bytes``."""
+        return len(self.prefix) + visitors_bytes + max(count - 1, 0) + len(self.SUFFIX)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BatchContext) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchContext(account_id={self.account_id!r}, project_id={self.project_id!r}, "
+            f"revision={self.revision!r}, anonymize_ip={self.anonymize_ip!r}, "
+            f"endpoint={self.endpoint!r})"
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a {type(value).__name__} is not JSON ({value!r:.60})")
+
+
+def _clean(value: Any) -> Any:
+    # Optimizely's SDK drops, at any depth, a key named revenue, value, tags or decisions
+    # whose value is None (its payload goes through an object_pairs_hook that does so).
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if not (v is None and k in _CLEANED_KEYS)}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode_tags(tags: Mapping[str, Any]) -> str:
+    """Serialize event tags to compact JSON as Optimizely sends them.
+
+    Args:
+        tags: The caller's event tags.
+
+    Returns:
+        The JSON text.
+
+    Raises:
+        InvalidTagsError: A value is NaN or infinite, is not JSON-serializable, or the
+            tags hold a reference cycle.
+    """
+    if type(tags) is not dict:
+        tags = dict(tags)
+    try:
+        text = _TAGS_ENCODER.encode(tags)
+        if "null" in text:  # rare: only then can there be a None to clean
+            text = _TAGS_ENCODER.encode(_clean(_json_roundtrip(tags)))
+    except ValueError as exc:
+        message = str(exc)
+        if "Out of range float" in message:
+            message = "NaN and Infinity are not valid JSON"
+        raise InvalidTagsError(f"event tags are not valid JSON: {message}") from exc
+    except (TypeError, RecursionError) as exc:
+        raise InvalidTagsError(f"event tags are not valid JSON: {exc}") from exc
+    return text
+
+
+def _json_roundtrip(tags: dict[str, Any]) -> Any:
+    # Normalize to plain dicts and lists (mappings, tuples, numeric types) before cleaning.
+    return json.loads(_TAGS_ENCODER.encode(tags)) if _has_non_plain(tags) else tags
+
+
+def _has_non_plain(value: Any) -> bool:
+    if type(value) is dict:
+        return any(_has_non_plain(v) for v in value.values())
+    if type(value) is list:
+        return any(_has_non_plain(v) for v in value)
+    return not (value is None or type(value) in (str, int, float, bool))
+
+
+def revenue_of(tags: Mapping[str, Any]) -> int | None:
+    """The top-level ``revenue``: ``tags["revenue"]`` when it is an integer (not a bool)."""
+    raw = tags.get("revenue")
+    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
+        return int(raw)
+    return None
+
+
+def value_of(tags: Mapping[str, Any]) -> float | None:
+    """The top-level ``value``: ``tags["value"]`` as a finite float, when it parses as one."""
+    raw = tags.get("value")
+    if isinstance(raw, bool) or not isinstance(raw, numbers.Integral | float | str):
+        return None
+    try:
+        number = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _attribute_value_json(value: Any) -> str | None:
+    # The value as JSON when Optimizely would send it: str, bool, or a finite number of
+    # absolute value at most 2**53. None means "drop silently".
+    kind = type(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value) if -_MAX_SAFE_NUMBER <= value <= _MAX_SAFE_NUMBER else None
+    if kind is float:
+        if math.isfinite(value) and -_MAX_SAFE_NUMBER <= value <= _MAX_SAFE_NUMBER:
+            return float.__repr__(value)
+        return None
+    # Subclasses and other numeric types (IntEnum, numpy scalars...), the slow way.
+    if isinstance(value, str):
+        return _json_str(str(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return _attribute_value_json(int(value))
+    if isinstance(value, float):
+        return _attribute_value_json(float(value))
+    return None
+
+
+class EventFactory:
+    """Turns track and decision calls into serialized ``visitors[]`` entries.
+
+    One factory serves one :class:`ProjectConfig` and endpoint; it caches the JSON
+    fragments that repeat (an event's ids, an attribute's entity id and key).
+
+    Args:
+        config: The project config.
+        endpoint: The Events API endpoint the events go to.
+    """
+
+    def __init__(self, config: ProjectConfig, endpoint: str) -> None:
+        self.config = config
+        self.context = BatchContext(
+            account_id=config.account_id,
+            project_id=config.project_id,
+            revision=config.revision,
+            anonymize_ip=config.anonymize_ip,
+            endpoint=endpoint,
+        )
+        self._event_heads: dict[str, str] = {
+            key: '"entity_id":%s,"key":%s' % (_json_str(event.id), _json_str(key))
+            for key, event in config.events_by_key.items()
+        }
+        # attribute key -> '{"entity_id":..,"key":..,"type":"custom","value":' or None
+        self._attribute_heads: dict[str, str | None] = {}
+        if config.bot_filtering is None:
+            self._bot_filtering = ""
+        else:
+            self._bot_filtering = (
+                '{"entity_id":"$opt_bot_filtering","key":"$opt_bot_filtering",'
+                '"type":"custom","value":%s}' % ("true" if config.bot_filtering else "false")
+            )
+
+    def _attribute_head(self, key: str) -> str | None:
+        entity_id = self.config.attribute_entity_id(key)
+        head = None
+        if entity_id is None:
+            logger.error('Attribute "%s" is not in datafile.', key)
+        else:
+            head = '{"entity_id":%s,"key":%s,"type":"custom","value":' % (
+                _json_str(entity_id),
+                _json_str(key),
+            )
+        if len(self._attribute_heads) < 10_000:  # bounded: keys may come from users
+            self._attribute_heads[key] = head
+        return head
+
+    def attributes_json(self, attributes: Mapping[str, Any] | None) -> str:
+        """The visitor's ``attributes`` array as JSON (01-track.md's filtering rules).
+
+        Args:
+            attributes: The user's attributes, or ``None``.
+
+        Returns:
+            The JSON array text.
+        """
+        parts: list[str] = []
+        if attributes:
+            heads = self._attribute_heads
+            for key, value in attributes.items():
+                value_json = _attribute_value_json(value)
+                if value_json is None or type(key) is not str:
+                    continue
+                head = heads[key] if key in heads else self._attribute_head(key)
+                if head is not None:
+                    parts.append(head + value_json + "}")
+        if self._bot_filtering:
+            parts.append(self._bot_filtering)
+        return "[" + ",".join(parts) + "]"
+
+    def conversion(
+        self,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        tags: Mapping[str, Any] | None,
+    ) -> bytes | None:
+        """Serialize one conversion as a visitor.
+
+        Args:
+            event_key: The event key.
+            user_id: The user id (the visitor id).
+            attributes: The user's attributes, filtered as 01-track.md says.
+            tags: The event tags, or ``None``.
+
+        Returns:
+            The visitor as JSON bytes, or ``None`` when the event key is not in the
+            datafile.
+
+        Raises:
+            InvalidTagsError: The tags cannot be sent as valid JSON.
+        """
+        head = self._event_heads.get(event_key)
+        if head is None:
+            return None
+        extra = ""
+        if tags is not None:
+            tags_json = encode_tags(tags)
+            revenue = revenue_of(tags)
+            if revenue is not None:
+                extra = ',"revenue":%d' % revenue
+            value = value_of(tags)
+            if value is not None:
+                extra += ',"value":' + float.__repr__(value)
+            extra += ',"tags":' + tags_json
+        text = (
+            '{"visitor_id":%s,"attributes":%s,"snapshots":[{"events":[{%s,'
+            '"timestamp":%d,"uuid":"%s"%s}]}]}'
+            % (
+                _json_str(user_id),
+                self.attributes_json(attributes),
+                head,
+                int(time.time() * 1000),
+                new_uuid(),
+                extra,
+            )
+        )
+        return text.encode("ascii")
+
+    def impression(
+        self,
+        *,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        flag_key: str,
+        rule: Experiment | Holdout | None,
+        variation: Variation | None,
+        rule_type: str,
+        enabled: bool,
+    ) -> bytes:
+        """Serialize one impression (a ``campaign_activated`` decision event) as a visitor.
+
+        Args:
+            user_id: The user id (the visitor id; never the bucketing id).
+            attributes: The user's attributes, filtered as for a conversion.
+            flag_key: The flag key; ``""`` for Activate.
+            rule: The experiment or rule that decided, or ``None`` when none matched.
+            variation: The variation, or ``None``.
+            rule_type: ``experiment``, ``feature-test``, ``rollout`` or ``holdout``.
+            enabled: The variation's ``featureEnabled`` (always true for Activate).
+
+        Returns:
+            The visitor as JSON bytes.
+        """
+        experiment_id = rule.id if rule is not None else ""
+        # Only an experiment's layer is its campaign; a holdout's campaign is itself.
+        layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
+        campaign_id = layer_id or experiment_id
+        variation_id = variation.id if variation is not None else ""
+        decision = (
+            '{"campaign_id":%s,"experiment_id":%s,"variation_id":%s,"metadata":'
+            '{"flag_key":%s,"rule_key":%s,"rule_type":%s,"variation_key":%s,"enabled":%s}}'
+            % (
+                _json_str(campaign_id),
+                _json_str(experiment_id),
+                _json_str(variation_id)
+                if variation_id.isascii() and variation_id.isdigit()
+                else "null",
+                _json_str(flag_key),
+                _json_str(rule.key if rule is not None else ""),
+                _json_str(rule_type),
+                _json_str(variation.key if variation is not None else ""),
+                "true" if enabled else "false",
+            )
+        )
+        text = (
+            '{"visitor_id":%s,"attributes":%s,"snapshots":[{"decisions":[%s],"events":[{'
+            '"entity_id":%s,"key":"campaign_activated","timestamp":%d,"uuid":"%s"}]}]}'
+            % (
+                _json_str(user_id),
+                self.attributes_json(attributes),
+                decision,
+                _json_str(campaign_id),
+                int(time.time() * 1000),
+                new_uuid(),
+            )
+        )
+        return text.encode("ascii")

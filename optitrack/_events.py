@@ -12,6 +12,7 @@ the tests hold the two together.
 
 from __future__ import annotations
 
+import decimal
 import json
 import logging
 import math
@@ -39,7 +40,6 @@ logger = logging.getLogger("optitrack")
 CLIENT_NAME = "optitrack"
 _MAX_SAFE_NUMBER = 2**53
 _CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
-_TAGS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 # A uuid4 from a private generator: an order of magnitude cheaper than uuid.uuid4(), and
@@ -143,9 +143,12 @@ def _json_default(value: Any) -> Any:
         return dict(value)
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, numbers.Real):
+    if isinstance(value, numbers.Real | decimal.Decimal):
         return float(value)
     raise TypeError(f"a {type(value).__name__} is not JSON ({value!r:.60})")
+
+
+_TAGS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
 
 
 def _clean(value: Any) -> Any:

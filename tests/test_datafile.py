@@ -1,0 +1,170 @@
+"""Loading and validating datafiles."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import optitrack
+from optitrack import DatafileError, load_datafile
+
+
+def test_loads_from_text_bytes_mapping_and_path(
+    datafile: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "datafile.json"
+    path.write_text(json.dumps(datafile))
+    for source in (json.dumps(datafile), json.dumps(datafile).encode(), datafile, path):
+        config = load_datafile(source)
+        assert config.revision == "42"
+        assert config.events_by_key["purchase"].id == "30101"
+
+
+def test_indexes_everything_by_key_and_id(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    assert config.events_by_id["30102"].key == "signup"
+    assert config.attributes_by_key["age"].id == "10402"
+    assert config.attributes_by_id["10403"].key == "app_version"
+    assert config.experiments_by_key["checkout_test"].id == "40101"
+    assert config.experiments_by_id["40101"].layer_id == "50101"
+    assert config.rollout_rules_by_id["40202"].key == "default-rollout-70101"
+    assert config.variations_by_key["40101"]["treatment"].id == "60102"
+    assert config.variations_by_id["40201"]["60201"].key == "on"
+    assert config.flags_by_key["new_checkout"].rollout_id == "80101"
+    assert config.flags_by_id["70101"].key == "new_checkout"
+    assert config.rollouts_by_id["80101"].experiments[-1].id == "40202"
+    assert config.audiences_by_id["20502"].name == "adults_on_v2"
+    assert config.audience_conditions["20501"][0] == "and"
+    assert config.flags_by_experiment_id["40101"][0].key == "new_checkout"
+    assert config.anonymize_ip is True
+    assert config.bot_filtering is False
+
+
+def test_indexes_are_read_only(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    with pytest.raises(TypeError):
+        config.events_by_key["x"] = config.events_by_key["purchase"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint"),
+    [
+        ("EU", "https://eu.logx.optimizely.com/v1/events"),
+        ("eu", "https://eu.logx.optimizely.com/v1/events"),
+        ("US", "https://logx.optimizely.com/v1/events"),
+        ("mars", "https://logx.optimizely.com/v1/events"),
+        (None, "https://logx.optimizely.com/v1/events"),
+    ],
+)
+def test_region_picks_the_endpoint(
+    datafile: dict[str, Any], region: str | None, endpoint: str
+) -> None:
+    if region is not None:
+        datafile["region"] = region
+    assert load_datafile(datafile).default_event_endpoint == endpoint
+
+
+def _problems(datafile: Any) -> list[str]:
+    with pytest.raises(DatafileError) as caught:
+        load_datafile(datafile)
+    assert isinstance(caught.value, ValueError)
+    return caught.value.problems
+
+
+def test_end_of_range_out_of_bounds_names_the_place(datafile: dict[str, Any]) -> None:
+    datafile["experiments"][0]["trafficAllocation"][1]["endOfRange"] = 10001
+    (problem,) = _problems(datafile)
+    assert problem.startswith("experiments[0].trafficAllocation[1].endOfRange: must be <= 10000")
+    datafile["experiments"][0]["trafficAllocation"][1]["endOfRange"] = -1
+    (problem,) = _problems(datafile)
+    assert problem.startswith("experiments[0].trafficAllocation[1].endOfRange: must be >= 0")
+
+
+def test_every_problem_is_listed(datafile: dict[str, Any]) -> None:
+    datafile["version"] = "5"
+    del datafile["events"][1]["id"]
+    datafile["experiments"][0]["id"] = 40101
+    datafile["rollouts"][0]["experiments"][0]["trafficAllocation"][0]["endOfRange"] = 5.0
+    problems = _problems(datafile)
+    assert "version: must be one of '2', '3' or '4' (got '5')" in problems
+    assert "events[1].id: is required" in problems
+    assert "experiments[0].id: must be a string (got 40101)" in problems
+    assert any(
+        p.startswith("rollouts[0].experiments[0].trafficAllocation[0].endOfRange: must be an")
+        for p in problems
+    )
+    assert len(problems) == 4
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["projectId", "accountId", "groups", "experiments", "events", "audiences", "attributes",
+     "version", "revision"],
+)  # fmt: skip
+def test_required_top_level_keys(datafile: dict[str, Any], key: str) -> None:
+    del datafile[key]
+    assert _problems(datafile) == [f"{key}: is required"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["id", "layerId", "key", "status", "variations", "trafficAllocation", "audienceIds",
+     "forcedVariations"],
+)  # fmt: skip
+def test_required_experiment_keys(datafile: dict[str, Any], key: str) -> None:
+    del datafile["experiments"][0][key]
+    assert _problems(datafile) == [f"experiments[0].{key}: is required"]
+
+
+def test_not_json_and_not_an_object() -> None:
+    assert _problems("{")[0].startswith("(json): not valid JSON")
+    assert _problems("[]") == ["(datafile): must be a JSON object (got list)"]
+    with pytest.raises(TypeError, match="not int"):
+        load_datafile(3)  # type: ignore[arg-type]
+
+
+def test_missing_file_is_a_datafile_error(tmp_path: Path) -> None:
+    (problem,) = _problems(tmp_path / "nope.json")
+    assert "nope.json" in problem
+
+
+def test_accepts_what_optimizely_accepts(datafile: dict[str, Any]) -> None:
+    lenient = copy.deepcopy(datafile)
+    experiment = lenient["experiments"][0]
+    experiment["trafficAllocation"] = []  # empty allocation
+    experiment["id"] = "not-numeric"
+    del experiment["variations"][0]["featureEnabled"]
+    experiment["audienceIds"] = ["does-not-exist"]
+    lenient["attributes"].append({"id": "10499", "key": "$opt_custom"})
+    lenient["somethingNew"] = {"unknown": True}
+    lenient["typedAudiences"][0]["conditions"] = ["or", ["unknown_operator"]]
+    config = load_datafile(lenient)
+    assert config.experiments_by_id["not-numeric"].variations[0].feature_enabled is False
+    assert config.attribute_entity_id("$opt_custom") == "10499"
+
+
+@pytest.mark.parametrize("version", ["2", "3", "4"])
+def test_supported_versions(datafile: dict[str, Any], version: str) -> None:
+    datafile["version"] = version
+    assert load_datafile(datafile).datafile.version == version
+
+
+def test_version_must_be_a_string(datafile: dict[str, Any]) -> None:
+    datafile["version"] = 4
+    assert _problems(datafile)[0].startswith("version: must be one of")
+
+
+def test_attribute_entity_ids(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    assert config.attribute_entity_id("plan") == "10401"
+    assert config.attribute_entity_id("$opt_user_agent") == "$opt_user_agent"
+    assert config.attribute_entity_id("unknown") is None
+
+
+def test_client_accepts_a_loaded_config(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    assert optitrack.Client(config).config is config

@@ -119,15 +119,9 @@ class Client:
         self.event_endpoint = event_endpoint or self._config.default_event_endpoint
         self._factory = EventFactory(self._config, self.event_endpoint)
         self._context = self._factory.context
-        self._own_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_in_flight + 1, max_keepalive_connections=max_in_flight + 1
-            ),
-            timeout=self._options.retry.attempt_timeout,
-        )
+        self._http = http_client
         self.notification_center = NotificationCenter()
-        self._processor = BatchProcessor(self._options, self._http, self.notification_center)
+        self._processor = BatchProcessor(self._options, self.notification_center)
         self._block = self._options.overflow is Overflow.BLOCK
         self._strict = strict
         self._state = _NEW
@@ -139,10 +133,19 @@ class Client:
         if self._state != _NEW:
             raise ClientStateError(f"a client can be entered once (this one is {self._state})")
         async with AsyncExitStack() as stack:
-            if self._own_http:
-                await stack.enter_async_context(self._http)
+            http = self._http
+            if http is None:
+                connections = self._options.max_in_flight + 1
+                http = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        limits=httpx.Limits(
+                            max_connections=connections, max_keepalive_connections=connections
+                        ),
+                        timeout=self._options.retry.attempt_timeout,
+                    )
+                )
             task_group = await stack.enter_async_context(anyio.create_task_group())
-            await task_group.start(self._processor.run)
+            await task_group.start(self._processor.run, http)
             self._stack = stack.pop_all()
         self._state = _RUNNING
         return self

@@ -189,18 +189,12 @@ class BatchProcessor:
 
     Args:
         options: Queue, batch and delivery settings.
-        http_client: The HTTP client to send with (not closed by the processor).
         notifications: Where LOG_EVENT notifications go.
     """
 
-    def __init__(
-        self,
-        options: BatchOptions,
-        http_client: httpx.AsyncClient,
-        notifications: NotificationCenter,
-    ) -> None:
+    def __init__(self, options: BatchOptions, notifications: NotificationCenter) -> None:
         self.options = options
-        self._http = http_client
+        self._http: httpx.AsyncClient | None = None
         self._notifications = notifications
         self._retry = options.retry
         self._batch_size = options.batch_size
@@ -237,7 +231,6 @@ class BatchProcessor:
         self._breaker_open = False
         self._resume_at = -math.inf  # Retry-After pause, on the anyio clock
 
-        self._started = False
         self._closed = False  # intake stopped
         self._closing = False  # drain everything now
         self._forked = False
@@ -364,15 +357,22 @@ class BatchProcessor:
     # -- the worker ------------------------------------------------------------------
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        http_client: httpx.AsyncClient,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Deliver until closed, then drain within the close deadline.
+
+        Args:
+            http_client: What to send with (the processor does not close it).
+            task_status: Set once the worker is ready.
 
         A cancellation from outside (the task owning the client was cancelled) also
         drains, shielded, within ``close_timeout``: then what is left is counted as
         dropped (``shutdown``), never silently lost.
         """
-        self._started = True
+        self._http = http_client
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -617,6 +617,7 @@ class BatchProcessor:
             self._retries += 1
         self._bytes_sent += len(body)
         timeout = self._retry.attempt_timeout
+        assert self._http is not None
         response = None
         with anyio.move_on_after(timeout):
             try:

@@ -77,7 +77,8 @@ def test_body_is_compact_ascii_json(factory: EventFactory) -> None:
     data = factory.conversion("purchase", "üser", {"plan": "prö"}, {"note": "café ☕"})
     assert data is not None
     data.decode("ascii")
-    assert b": " not in data and b", " not in data
+    assert b": " not in data
+    assert b", " not in data
     event = json.loads(data)
     assert event["visitor_id"] == "üser"
     assert event["snapshots"][0]["events"][0]["tags"] == {"note": "café ☕"}
@@ -90,7 +91,8 @@ def test_unknown_event_key_builds_nothing(factory: EventFactory) -> None:
 def test_no_tags_no_tags_key(factory: EventFactory) -> None:
     event = visitor(factory, "signup", "u", None, None)["snapshots"][0]["events"][0]
     assert set(event) == {"entity_id", "key", "timestamp", "uuid"}
-    assert event["entity_id"] == "30102" and event["key"] == "signup"
+    assert event["entity_id"] == "30102"
+    assert event["key"] == "signup"
     empty = visitor(factory, "signup", "u", None, {})["snapshots"][0]["events"][0]
     assert empty["tags"] == {}
 
@@ -114,7 +116,8 @@ def test_uuids_are_unique_and_rfc4122() -> None:
     seen = {new_uuid() for _ in range(100_000)}
     assert len(seen) == 100_000
     parsed = uuid.UUID(next(iter(seen)))
-    assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert parsed.version == 4
+    assert parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize(
@@ -311,4 +314,5 @@ def test_uuid_stream_is_reseeded_in_a_forked_child() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     os.waitpid(pid, 0)
-    assert child and child != mine
+    assert child
+    assert child != mine

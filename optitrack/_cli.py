@@ -1,0 +1,151 @@
+"""The ``optitrack`` command: ``demo`` and ``collector``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import anyio
+
+from ._client import Client
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def example_datafile() -> dict[str, Any]:
+    """The example datafile bundled with optitrack (a flag, an experiment, a rollout)."""
+    text = resources.files("optitrack").joinpath("example_datafile.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdout) -> int:
+    """Track conversions through the real client to the stand-in, over loopback HTTP.
+
+    Args:
+        users: How many users.
+        events: How many conversions in all.
+        batch_size: The client's batch size.
+        out: Where to print.
+
+    Returns:
+        The exit status: 0 when every event arrived once.
+    """
+    from .testing import EventsAPI, serve
+
+    def say(line: str = "") -> None:
+        print(line, file=out, flush=True)
+
+    datafile = example_datafile()
+    api = EventsAPI()
+    rng = random.Random(7)
+    plans = ("free", "pro", "team")
+    async with serve(api) as server:
+        say(f"optitrack {__version__} demo")
+        say(f"  Events API stand-in listening on {server.url}")
+        started = time.perf_counter()
+        caller: list[float] = []
+        async with Client(datafile, event_endpoint=server.url, batch_size=batch_size) as client:
+            for n in range(events):
+                user_id = f"user-{n % users}"
+                attributes = {"plan": plans[n % 3], "age": 18 + n % 50}
+                if n % 4:
+                    key, tags = "purchase", {"revenue": rng.randrange(100, 10_000)}
+                else:
+                    key, tags = "signup", {"source": "demo"}
+                t0 = time.perf_counter()
+                await client.track(key, user_id, attributes, tags)
+                caller.append(time.perf_counter() - t0)
+            tracked = time.perf_counter() - started
+            drain_started = time.perf_counter()
+        drained = time.perf_counter() - drain_started
+        elapsed = time.perf_counter() - started
+        ledger = client.statistics()
+        stats = api.statistics()
+
+    caller.sort()
+    say(f"  tracked {events:,} conversions for {users:,} users in {tracked:.3f} s")
+    say(
+        f"  caller time of await track(): median {statistics.median(caller) * 1e6:.1f} us,"
+        f" p99 {caller[int(len(caller) * 0.99)] * 1e6:.1f} us"
+    )
+    say(f"  drained on close in {drained:.3f} s")
+    say("")
+    say("What the collector received")
+    say(f"  events       {stats.events:,} ({stats.duplicates} duplicate uuids)")
+    say(f"  requests     {stats.requests:,} ({stats.batches:,} batches accepted)")
+    say(
+        f"  bytes        {stats.bytes_received:,} ({stats.bytes_received / max(stats.events, 1):.0f} per event)"
+    )
+    for key, count in sorted(stats.conversions_by_event.items()):
+        say(f"  {key:<12} {count:,} conversions")
+    say(f"  revenue      {stats.revenue:,} (minor units)")
+    say(f"  throughput   {stats.events / elapsed:,.0f} events/s, track to delivered")
+    say("")
+    say(
+        f"Ledger: accepted {ledger.accepted:,} = delivered {ledger.delivered:,}"
+        f" + dropped {ledger.dropped_total:,} + pending {ledger.pending:,}"
+    )
+    ok = stats.events == events and stats.duplicates == 0 and ledger.delivered == events
+    say("OK" if ok else "MISMATCH: not every event arrived exactly once")
+    return 0 if ok else 1
+
+
+async def collector(host: str, port: int, out: Any = sys.stdout) -> None:
+    """Serve the Events API stand-in until interrupted."""
+    from .testing import EventsAPI, serve
+
+    async with serve(EventsAPI(), host=host, port=port) as server:
+        print(f"Events API stand-in: POST {server.url}", file=out, flush=True)
+        print(f"results: {server.base_url}/  (JSON: {server.base_url}/v1/stats)", file=out)
+        print("Ctrl-C to stop.", file=out, flush=True)
+        await anyio.sleep_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``optitrack`` command line.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(prog="optitrack", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"optitrack {__version__}")
+    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser(
+        "demo", help="track conversions to a local Events API stand-in and report"
+    )
+    run_demo.add_argument("--users", type=int, default=1_000)
+    run_demo.add_argument("--events", type=int, default=5_000)
+    run_demo.add_argument("--batch-size", type=int, default=500)
+    run_collector = commands.add_parser(
+        "collector", help="serve the Events API stand-in and its results view"
+    )
+    run_collector.add_argument("--host", default="127.0.0.1")
+    run_collector.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        return anyio.run(
+            lambda: demo(users=args.users, events=args.events, batch_size=args.batch_size),
+            backend=args.backend,
+        )
+    try:
+        anyio.run(collector, args.host, args.port, backend=args.backend)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -81,9 +82,8 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdou
     say("What the collector received")
     say(f"  events       {stats.events:,} ({stats.duplicates} duplicate uuids)")
     say(f"  requests     {stats.requests:,} ({stats.batches:,} batches accepted)")
-    say(
-        f"  bytes        {stats.bytes_received:,} ({stats.bytes_received / max(stats.events, 1):.0f} per event)"
-    )
+    per_event = stats.bytes_received / max(stats.events, 1)
+    say(f"  bytes        {stats.bytes_received:,} ({per_event:.0f} per event)")
     for key, count in sorted(stats.conversions_by_event.items()):
         say(f"  {key:<12} {count:,} conversions")
     say(f"  revenue      {stats.revenue:,} (minor units)")
@@ -140,10 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: demo(users=args.users, events=args.events, batch_size=args.batch_size),
             backend=args.backend,
         )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(collector, args.host, args.port, backend=args.backend)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+import optitrack
+from optitrack.testing import EventsAPI
+
 SHARED_FIXTURES = Path(__file__).parent / "fixtures"
+EVENTS_URL = "http://events.test/v1/events"
 
 
 @pytest.fixture(
@@ -31,3 +38,36 @@ def load_fixture(name: str) -> Any:
 def datafile() -> dict[str, Any]:
     """The example v4 datafile the fixture payloads were captured with."""
     return load_fixture("datafile_example.json")  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def asgi_client(
+    api: EventsAPI, datafile: Mapping[str, Any], **options: Any
+) -> AsyncIterator[optitrack.Client]:
+    """A running client whose requests go in-process to ``api`` (no sockets)."""
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        optitrack.Client(
+            datafile, event_endpoint=EVENTS_URL, http_client=http, **options
+        ) as client,
+    ):
+        yield client
+
+
+def comparable(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A payload without what differs from run to run and SDK to SDK."""
+    out: dict[str, Any] = json.loads(json.dumps(payload))
+    out.pop("client_name")
+    out.pop("client_version")
+    for visitor in out["visitors"]:
+        for snapshot in visitor["snapshots"]:
+            for event in snapshot["events"]:
+                del event["uuid"], event["timestamp"]
+    return out
+
+
+def check_ledger(stats: optitrack.Statistics) -> None:
+    """The ledger invariant: accepted = delivered + dropped + pending."""
+    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+    assert stats.pending == stats.queued + stats.in_flight, stats

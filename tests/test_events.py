@@ -16,7 +16,7 @@ import pytest
 
 from optitrack import load_datafile
 from optitrack._events import EventFactory, InvalidTagsError, encode_tags, new_uuid
-from tests.conftest import load_fixture
+from tests.conftest import comparable, load_fixture
 
 FIXTURE_ATTRIBUTES = {
     "plan": "pro",
@@ -34,18 +34,6 @@ FIXTURE_TAGS = {
     "nested": {"a": [1, 2, {"b": None}]},
     "flag": True,
 }
-
-
-def comparable(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload without what differs from run to run and SDK to SDK."""
-    payload = json.loads(json.dumps(payload))
-    payload.pop("client_name")
-    payload.pop("client_version")
-    for visitor in payload["visitors"]:
-        for snapshot in visitor["snapshots"]:
-            for event in snapshot["events"]:
-                del event["uuid"], event["timestamp"]
-    return payload
 
 
 @pytest.fixture

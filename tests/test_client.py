@@ -209,10 +209,13 @@ async def test_the_callers_exception_comes_out_as_itself(datafile: dict[str, Any
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
+    async def use_the_client() -> None:
         async with asgi_client(api, datafile, flush_interval=60) as client:
             await client.track("purchase", "u")
             raise Boom
+
+    with pytest.raises(Boom):
+        await use_the_client()
     assert api.event_count == 1  # and the queue was still drained
 
 

@@ -237,6 +237,7 @@ class BatchProcessor:
         self._deadline: float | None = None
         self._stopped = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
         self._throttled = Throttled()
         _live_processors.add(self)
 
@@ -374,22 +375,27 @@ class BatchProcessor:
         """
         self._http = http_client
         try:
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                task_status.started()
-                await self._pump()
-                await self._wait_until_idle()
-                task_group.cancel_scope.cancel()
+            # close() sets this scope's deadline: everything, the drain included, ends by it.
+            with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    task_status.started()
+                    await self._pump()
+                    await self._wait_until_idle()
+                    task_group.cancel_scope.cancel()
         finally:
             self._closed = self._closing = True
             if not self._forked and (self._queued or self._parts):
+                # Cancelled from outside (the task owning the client was): drain anyway,
+                # shielded, within the deadline.
                 remaining = self._remaining()
-                with anyio.move_on_after(remaining, shield=True):
-                    async with anyio.create_task_group() as task_group:
-                        self._task_group = task_group
-                        await self._pump()
-                        await self._wait_until_idle()
-                        task_group.cancel_scope.cancel()
+                if remaining > 0:
+                    with anyio.move_on_after(remaining, shield=True):
+                        async with anyio.create_task_group() as task_group:
+                            self._task_group = task_group
+                            await self._pump()
+                            await self._wait_until_idle()
+                            task_group.cancel_scope.cancel()
             self._give_up(Reason.SHUTDOWN)
             self._task_group = None
             self._stopped.set()
@@ -789,6 +795,8 @@ class BatchProcessor:
             self.options.close_timeout if timeout is None else timeout
         )
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        if self._scope is not None:
+            self._scope.deadline = self._deadline
         self._wake()
         if self._room is not None:
             self._room.set()

@@ -1219,19 +1219,26 @@ class Server:
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         self.connections += 1
         async with stream:
+            connection = _Connection(self, stream)
             try:
-                await _Connection(self, stream).run()
+                await connection.run()
             except SimulatedReset:
                 raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass  # the client went away
+            except _GONE:
+                pass
             except h11.ProtocolError as exc:
-                logger.debug("closing connection after an HTTP protocol error: %s", exc)
+                logger.debug("closing a connection after an HTTP protocol error: %s", exc)
+                with contextlib.suppress(h11.ProtocolError, *_GONE):
+                    await connection.refuse_malformed()
 
 
 class _Disconnected(Exception):
     pass
+
+
+# What a socket raises when the client went away.
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
 class _Connection:
@@ -1370,6 +1377,12 @@ class _Connection:
                 await self._fail()
             return False
         return True
+
+    async def refuse_malformed(self) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            headers = [(b"content-length", b"0"), (b"connection", b"close")]
+            response = h11.Response(status_code=400, headers=headers)
+            await self.stream.send(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
 
     async def _fail(self) -> None:
         response = h11.Response(

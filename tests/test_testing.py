@@ -218,6 +218,17 @@ async def test_rejects_invalid_bodies_with_the_reason(
     assert api.statistics().statuses == {400: 1}
 
 
+async def test_many_errors_are_summed_up() -> None:
+    api = EventsAPI()
+    visitors = [{"visitor_id": n} for n in range(20)]
+    async with client(api) as http:
+        response = await post(http, json.dumps({**CONVERSION, "visitors": visitors}).encode())
+
+    reason = response.json()
+    assert len(reason["errors"]) == 60  # per visitor: a number id, no attributes or snapshots
+    assert reason["message"].endswith("; and 50 more")
+
+
 async def test_413_past_the_size_limit_before_or_after_decoding() -> None:
     api = EventsAPI(max_body_size=len(CONVERSION_BODY))
     async with client(api) as http:
@@ -384,14 +395,28 @@ async def test_scripted_faults_are_used_once_each_in_order() -> None:
 
 async def test_a_2xx_fault_still_validates_and_counts() -> None:
     api = EventsAPI(faults=[Respond(200, body="ok"), Respond(202)])
+    api.fail_when(lambda body: b"user_2" in body, Respond(201))
     async with client(api) as http:
         ok = await post(http, CONVERSION_BODY)
         invalid = await post(http, b"{}")
+        ruled = await post(http, batch_of(conversion("x", visitor_id="user_2")))
 
     assert (ok.status_code, ok.text) == (200, "ok")
     assert invalid.status_code == 400
-    assert api.batch_count == 1
-    assert api.requests[0].fault == Respond(200, body="ok")
+    assert (ruled.status_code, ruled.content) == (201, b"")
+    assert api.batch_count == 2
+    assert [r.fault for r in api.requests] == [Respond(200, body="ok"), Respond(202), Respond(201)]
+
+
+async def test_inject_appends_to_the_script() -> None:
+    api = EventsAPI(faults=[Respond(500)])
+    api.inject(Respond(502), Respond(503))
+    assert api.pending_faults == 3
+    async with client(api) as http:
+        statuses = [(await post(http, CONVERSION_BODY)).status_code for _ in range(4)]
+
+    assert statuses == [500, 502, 503, 204]
+    assert repr(api) == "<EventsAPI requests=4 batches=1 events=1>"
 
 
 async def test_fail_all_until_healed() -> None:
@@ -750,6 +775,85 @@ async def test_serve_answers_500_when_the_app_fails(caplog: pytest.LogCaptureFix
 
     assert response.status_code == 500
     assert "the ASGI app failed" in caplog.text
+
+
+async def raw_exchange(server: Any, *chunks: bytes) -> bytes:
+    """Send raw bytes on a fresh connection, then read until the server closes it."""
+    stream = await anyio.connect_tcp(server.host, server.port)
+    async with stream:
+        for chunk in chunks:
+            await stream.send(chunk)
+        received = b""
+        while True:
+            try:
+                received += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return received
+
+
+async def test_serve_answers_400_to_malformed_http() -> None:
+    with anyio.fail_after(GUARD):
+        async with serve(EventsAPI()) as server:
+            received = await raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n")
+
+    assert received.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_serve_survives_a_client_leaving_mid_body() -> None:
+    api = EventsAPI()
+    with anyio.fail_after(GUARD):
+        async with serve(api) as server:
+            stream = await anyio.connect_tcp(server.host, server.port)
+            async with stream:
+                await stream.send(
+                    b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n" + CONVERSION_BODY[:10]
+                )
+            async with httpx.AsyncClient() as http:
+                response = await http.post(server.url, content=CONVERSION_BODY, headers=JSON)
+
+    assert response.status_code == 204
+    assert api.request_count == 1
+
+
+async def test_serve_sends_100_continue() -> None:
+    api = EventsAPI()
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(CONVERSION_BODY)
+    )
+    with anyio.fail_after(GUARD):
+        async with serve(api) as server:
+            stream = await anyio.connect_tcp(server.host, server.port)
+            async with stream:
+                await stream.send(head)
+                interim = await stream.receive()
+                await stream.send(CONVERSION_BODY)
+                final = await stream.receive()
+
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert final.startswith(b"HTTP/1.1 204 ")
+    assert api.event_count == 1
+
+
+async def test_serve_runs_any_asgi_app() -> None:
+    async def app(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["path"] == "/silent":
+            return  # never answers: the server answers 500
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+
+    with anyio.fail_after(GUARD):
+        async with serve(app) as server, httpx.AsyncClient() as http:
+            streamed = await http.get(server.base_url + "/stream")
+            silent = await http.get(server.base_url + "/silent")
+
+    assert (streamed.status_code, streamed.text) == (200, "one two")
+    assert streamed.headers["transfer-encoding"] == "chunked"
+    assert silent.status_code == 500
+    assert repr(server) == f"<Server http://127.0.0.1:{server.port}>"
 
 
 async def test_serve_lets_the_callers_exception_out_as_itself() -> None:

@@ -862,6 +862,16 @@ async def test_serve_lets_the_callers_exception_out_as_itself() -> None:
             raise KeyError("mine")
 
 
+async def test_serve_stops_when_the_caller_is_cancelled() -> None:
+    with anyio.fail_after(GUARD), anyio.CancelScope() as scope:
+        async with serve(EventsAPI()) as server, httpx.AsyncClient() as http:
+            await http.post(server.url, content=CONVERSION_BODY, headers=JSON)  # a live connection
+            scope.cancel()
+            await anyio.sleep_forever()
+
+    assert scope.cancelled_caught
+
+
 async def test_serve_binds_to_loopback_only() -> None:
     with pytest.raises(ValueError, match="loopback"):
         async with serve(EventsAPI(), host="0.0.0.0"):

@@ -66,6 +66,9 @@ from ._wire import EventBatch, SnapshotEvent, Visitor
 
 __all__ = [
     "ASGIApp",
+    "ASGIMessage",
+    "ASGIReceive",
+    "ASGISend",
     "Delay",
     "EventsAPI",
     "EventsAPIStatistics",
@@ -96,8 +99,11 @@ _RECEIVE_SIZE = 256 * 1024
 _MAX_ERRORS_SHOWN = 10
 
 ASGIMessage: TypeAlias = MutableMapping[str, Any]
+"""An ASGI message (or scope)."""
 ASGIReceive: TypeAlias = Callable[[], Awaitable[ASGIMessage]]
+"""The ASGI ``receive`` callable."""
 ASGISend: TypeAlias = Callable[[ASGIMessage], Awaitable[None]]
+"""The ASGI ``send`` callable."""
 ASGIApp: TypeAlias = Callable[[MutableMapping[str, Any], ASGIReceive, ASGISend], Awaitable[None]]
 """An ASGI 3 application, as :class:`httpx.ASGITransport` types it."""
 

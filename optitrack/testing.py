@@ -1443,9 +1443,16 @@ async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> Asyn
                 finally:
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            # The task group wraps what the caller's block raised: hand it back as itself,
+            # with the chaining it had.
+            if len(group.exceptions) != 1:
+                raise
+            inner = group.exceptions[0]
+            chaining = inner.__cause__, inner.__context__, inner.__suppress_context__
+            try:
+                raise inner
+            finally:
+                inner.__cause__, inner.__context__, inner.__suppress_context__ = chaining
     finally:
         with anyio.CancelScope(shield=True):
             await listener.aclose()

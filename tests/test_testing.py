@@ -857,9 +857,28 @@ async def test_serve_runs_any_asgi_app() -> None:
 
 
 async def test_serve_lets_the_callers_exception_out_as_itself() -> None:
-    with pytest.raises(KeyError, match="mine"):
+    cause = OSError("cause")
+    with pytest.raises(KeyError, match="mine") as caught:
         async with serve(EventsAPI()):
-            raise KeyError("mine")
+            raise KeyError("mine") from cause
+
+    assert caught.value.__cause__ is cause
+
+
+def raise_while_handling() -> None:
+    try:
+        raise OSError("first")
+    except OSError:
+        raise KeyError("second")  # noqa: B904 - the implicit chaining is the point
+
+
+async def test_serve_keeps_the_callers_implicit_chaining() -> None:
+    with pytest.raises(KeyError) as caught:
+        async with serve(EventsAPI()):
+            raise_while_handling()
+
+    assert isinstance(caught.value.__context__, OSError)
+    assert not caught.value.__suppress_context__
 
 
 async def test_serve_stops_when_the_caller_is_cancelled() -> None:

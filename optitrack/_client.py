@@ -312,9 +312,9 @@ class Client:
             return self._invalid(f"event_key must be a non-empty str, not {event_key!r:.60}")
         if not isinstance(user_id, str):
             return self._invalid(f"user_id must be a str, not {type(user_id).__name__}")
-        if attributes is not None and not isinstance(attributes, Mapping):
+        if not (attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)):
             return self._invalid(f"attributes must be a mapping, not {type(attributes).__name__}")
-        if event_tags is not None and not isinstance(event_tags, Mapping):
+        if not (event_tags is None or type(event_tags) is dict or isinstance(event_tags, Mapping)):
             return self._invalid(f"event_tags must be a mapping, not {type(event_tags).__name__}")
         try:
             data = self._factory.conversion(event_key, user_id, attributes, event_tags)

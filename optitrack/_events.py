@@ -21,6 +21,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
@@ -47,14 +48,19 @@ _CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
 # (nor does a user's random.seed() touch it).
 _uuid_random = random.Random()
 os.register_at_fork(after_in_child=_uuid_random.seed)
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+_bits = _uuid_random.getrandbits
 
 
 def new_uuid() -> str:
     """Return a random RFC 4122 version 4 UUID as a string."""
-    h = "%032x" % (_uuid_random.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # 122 random bits, the version nibble (4) and the variant bits (10) in place.
+    return "%08x-%04x-4%03x-%04x-%012x" % (
+        _bits(32),
+        _bits(16),
+        _bits(12),
+        _bits(14) | 0x8000,
+        _bits(48),
+    )
 
 
 class InvalidTagsError(ValueError):
@@ -148,7 +154,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} is not JSON ({value!r:.60})")
 
 
-_TAGS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+# The C encoder itself, made once: JSONEncoder.encode() makes one per call. No markers:
+# a cycle ends in RecursionError, which refuses the tags like any other bad value.
+_encode_tags_c = c_make_encoder(None, _json_default, _json_str, None, ":", ",", False, False, False)
+
+
+def _to_json(value: Any) -> str:
+    return "".join(_encode_tags_c(value, 0))
 
 
 def _clean(value: Any) -> Any:
@@ -177,9 +189,9 @@ def encode_tags(tags: Mapping[str, Any]) -> str:
     if type(tags) is not dict:
         tags = dict(tags)
     try:
-        text = _TAGS_ENCODER.encode(tags)
+        text = _to_json(tags)
         if "null" in text:  # rare: only then can there be a None to clean
-            text = _TAGS_ENCODER.encode(_clean(_json_roundtrip(tags)))
+            text = _to_json(_clean(_json_roundtrip(tags)))
     except ValueError as exc:
         message = str(exc)
         if "Out of range float" in message:
@@ -192,7 +204,7 @@ def encode_tags(tags: Mapping[str, Any]) -> str:
 
 def _json_roundtrip(tags: dict[str, Any]) -> Any:
     # Normalize to plain dicts and lists (mappings, tuples, numeric types) before cleaning.
-    return json.loads(_TAGS_ENCODER.encode(tags)) if _has_non_plain(tags) else tags
+    return json.loads(_to_json(tags)) if _has_non_plain(tags) else tags
 
 
 def _has_non_plain(value: Any) -> bool:
@@ -206,6 +218,10 @@ def _has_non_plain(value: Any) -> bool:
 def revenue_of(tags: Mapping[str, Any]) -> int | None:
     """The top-level ``revenue``: ``tags["revenue"]`` when it is an integer (not a bool)."""
     raw = tags.get("revenue")
+    if type(raw) is int:
+        return raw
+    if raw is None or type(raw) in (float, str, bool):
+        return None
     if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
         return int(raw)
     return None
@@ -214,7 +230,15 @@ def revenue_of(tags: Mapping[str, Any]) -> int | None:
 def value_of(tags: Mapping[str, Any]) -> float | None:
     """The top-level ``value``: ``tags["value"]`` as a finite float, when it parses as one."""
     raw = tags.get("value")
-    if isinstance(raw, bool) or not isinstance(raw, numbers.Integral | float | str):
+    if raw is None:
+        return None
+    kind = type(raw)
+    if (
+        kind is not float
+        and kind is not int
+        and kind is not str
+        and (isinstance(raw, bool) or not isinstance(raw, numbers.Integral | float | str))
+    ):
         return None
     try:
         number = float(raw)
@@ -348,12 +372,14 @@ class EventFactory:
         extra = ""
         if tags is not None:
             tags_json = encode_tags(tags)
-            revenue = revenue_of(tags)
-            if revenue is not None:
-                extra = ',"revenue":%d' % revenue
-            value = value_of(tags)
-            if value is not None:
-                extra += ',"value":' + float.__repr__(value)
+            if "revenue" in tags:
+                revenue = revenue_of(tags)
+                if revenue is not None:
+                    extra = ',"revenue":%d' % revenue
+            if "value" in tags:
+                value = value_of(tags)
+                if value is not None:
+                    extra += ',"value":' + float.__repr__(value)
             extra += ',"tags":' + tags_json
         text = (
             '{"visitor_id":%s,"attributes":%s,"snapshots":[{"events":[{%s,'

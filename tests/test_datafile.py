@@ -13,9 +13,7 @@ import optitrack
 from optitrack import DatafileError, load_datafile
 
 
-def test_loads_from_text_bytes_mapping_and_path(
-    datafile: dict[str, Any], tmp_path: Path
-) -> None:
+def test_loads_from_text_bytes_mapping_and_path(datafile: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "datafile.json"
     path.write_text(json.dumps(datafile))
     for source in (json.dumps(datafile), json.dumps(datafile).encode(), datafile, path):

@@ -56,7 +56,8 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdou
         async with Client(datafile, event_endpoint=server.url, batch_size=batch_size) as client:
             for n in range(events):
                 user_id = f"user-{n % users}"
-                attributes = {"plan": plans[n % 3], "age": 18 + n % 50}
+                attributes: dict[str, object] = {"plan": plans[n % 3], "age": 18 + n % 50}
+                tags: dict[str, object]
                 if n % 4:
                     key, tags = "purchase", {"revenue": rng.randrange(100, 10_000)}
                 else:

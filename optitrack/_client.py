@@ -14,7 +14,7 @@ import httpx
 
 from ._datafile import ProjectConfig, load_datafile
 from ._events import EventFactory, InvalidTagsError
-from ._exceptions import ClientStateError, TrackError
+from ._exceptions import ClientStateError, TrackError, unwrap_single_group
 from ._notifications import NotificationCenter, NotificationType, TrackNotification
 from ._processor import (
     DEFAULT_BATCH_SIZE,
@@ -159,14 +159,8 @@ class Client:
         assert self._stack is not None
         self._processor.close()
         self._state = _CLOSED
-        try:
+        with unwrap_single_group():
             return await self._stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            # The task group wraps what the caller's block raised: hand it back as itself.
-            if len(group.exceptions) == 1:
-                inner = group.exceptions[0]
-                raise inner from inner.__cause__
-            raise
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop intake, send what is queued, and wait for it, within ``timeout`` seconds.

@@ -15,6 +15,9 @@ they happen, and chained (``raise ... from exc``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "ClientStateError",
     "DatafileError",
@@ -64,3 +67,24 @@ class DecisionError(OptitrackError, ValueError):
 
 class ClientStateError(OptitrackError, RuntimeError):
     """The client was used outside ``async with`` (not started, or already closed)."""
+
+
+@contextmanager
+def unwrap_single_group() -> Iterator[None]:
+    """Let an exception that a task group wrapped alone come out as itself.
+
+    A task group wraps what the body of an ``async with`` raised in an exception group,
+    even when it is the only error. Users should see their own exception, with the
+    chaining (``__cause__``, ``__context__``) it had.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+        chaining = inner.__cause__, inner.__context__, inner.__suppress_context__
+        try:
+            raise inner
+        finally:
+            inner.__cause__, inner.__context__, inner.__suppress_context__ = chaining

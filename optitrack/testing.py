@@ -62,6 +62,7 @@ import httpx
 import pydantic
 from anyio.from_thread import start_blocking_portal
 
+from ._exceptions import unwrap_single_group
 from ._wire import EventBatch, SnapshotEvent, Visitor
 
 __all__ = [
@@ -1435,24 +1436,13 @@ async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> Asyn
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         assert isinstance(sockname, tuple)
         server = Server(app, host, int(sockname[1]))
-        try:
+        with unwrap_single_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(listener.serve, server._handle, tg)
                 try:
                     yield server
                 finally:
                     tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The task group wraps what the caller's block raised: hand it back as itself,
-            # with the chaining it had.
-            if len(group.exceptions) != 1:
-                raise
-            inner = group.exceptions[0]
-            chaining = inner.__cause__, inner.__context__, inner.__suppress_context__
-            try:
-                raise inner
-            finally:
-                inner.__cause__, inner.__context__, inner.__suppress_context__ = chaining
     finally:
         with anyio.CancelScope(shield=True):
             await listener.aclose()

@@ -364,14 +364,14 @@ async def test_a_failing_endpoint_cannot_hold_up_leaving(
     api.fail_all(Respond(503))
     policy = RetryPolicy(attempts=10_000, timeout=600, wait_initial=0.01, wait_max=0.05)
     async with serve(api) as server:
-        started = anyio.current_time()
         async with optitrack.Client(
             datafile, event_endpoint=server.url, retry=policy, close_timeout=0.5
         ) as client:
             for n in range(1000):
                 await client.track("purchase", f"u{n}")
-        elapsed = anyio.current_time() - started
-    assert elapsed <= 0.6 + 0.5  # the deadline, plus what the 1000 tracks took
+            leaving = anyio.current_time()
+        elapsed = anyio.current_time() - leaving
+    assert elapsed <= 0.5 + 0.3  # the deadline, with room for a loaded machine
     stats = client.statistics()
     assert stats.dropped == {"shutdown": 1000}
     check_ledger(stats)

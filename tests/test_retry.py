@@ -16,7 +16,7 @@ def test_policy_is_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.attempts = 4  # type: ignore[misc]
     with pytest.raises(TypeError):
-        RetryPolicy(3)  # type: ignore[misc]
+        RetryPolicy(3)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def example_datafile() -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdout) -> int:
+async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> int:
     """Track conversions through the real client to the stand-in, over loopback HTTP.
 
     Args:
@@ -42,7 +42,7 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdou
     from .testing import EventsAPI, serve
 
     def say(line: str = "") -> None:
-        print(line, file=out, flush=True)
+        print(line, file=out or sys.stdout, flush=True)
 
     datafile = example_datafile()
     api = EventsAPI()
@@ -99,8 +99,9 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = sys.stdou
     return 0 if ok else 1
 
 
-async def collector(host: str, port: int, validate: bool = True, out: Any = sys.stdout) -> None:
+async def collector(host: str, port: int, validate: bool = True, out: Any = None) -> None:
     """Serve the Events API stand-in until interrupted."""
+    out = out or sys.stdout
     from .testing import EventsAPI, serve
 
     async with serve(EventsAPI(validate=validate), host=host, port=port) as server:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
@@ -82,8 +83,16 @@ def _unknown(attributes: Mapping[str, Any], segments: Collection[str] | None) ->
     return None
 
 
-def _always_true(attributes: Mapping[str, Any], segments: Collection[str] | None) -> bool:
-    return True
+# Evaluators known to return only True, False or None. Any other passes a leaf's raw
+# comparison result (a numpy bool, say) up to the tree, whose "is True" and "is False"
+# tests must then see it as optimizely-sdk's do; a lone operand of "and" or "or" can stand
+# for its operator only when it is strict.
+_STRICT: weakref.WeakSet[Evaluator] = weakref.WeakSet([_unknown])
+
+
+def _strict(evaluator: Evaluator) -> Evaluator:
+    _STRICT.add(evaluator)
+    return evaluator
 
 
 # ---------------------------------------------------------------------------- value types
@@ -235,7 +244,7 @@ def _unknown_with(message: str, *args: Any) -> Evaluator:
         logger.warning(message, *args)
         return None
 
-    return evaluate
+    return _strict(evaluate)
 
 
 _UNKNOWN_VALUE = (
@@ -271,7 +280,7 @@ def _exact(name: Any, value: Any, text: str) -> Evaluator:
                 logger.warning(_UNEXPECTED_TYPE, text, type(user), name)
             return None
 
-        return evaluate_str
+        return _strict(evaluate_str)
 
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> Any:
         user = attributes.get(name)
@@ -297,14 +306,14 @@ def _attribute_required(name: Any, text: str, then: Evaluator) -> Evaluator:
             return None
         return then(attributes, segments)
 
-    return evaluate
+    return _strict(evaluate) if then in _STRICT else evaluate
 
 
 def _exists(name: Any, value: Any, text: str) -> Evaluator:
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> bool:
         return attributes.get(name) is not None
 
-    return evaluate
+    return _strict(evaluate)
 
 
 def _numeric(compare: Callable[[Any, Any], Any]) -> Callable[[Any, Any, str], Evaluator]:
@@ -351,7 +360,7 @@ def _substring(name: Any, value: Any, text: str) -> Evaluator:
             logger.warning(_UNEXPECTED_TYPE, text, type(user), name)
         return None
 
-    return evaluate
+    return _strict(evaluate)
 
 
 def _semver(test: Callable[[int], bool]) -> Callable[[Any, Any, str], Evaluator]:
@@ -370,7 +379,7 @@ def _semver(test: Callable[[int], bool]) -> Callable[[Any, Any, str], Evaluator]
             result = compare_semver(value, user)
             return None if result is None else test(result)
 
-        return evaluate
+        return _strict(evaluate)
 
     return factory
 
@@ -382,7 +391,7 @@ def _qualified(name: Any, value: Any, text: str) -> Evaluator:
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> bool:
         return segments is not None and value in segments
 
-    return evaluate
+    return _strict(evaluate)
 
 
 _FACTORIES: Final[dict[str, Callable[[Any, Any, str], Evaluator]]] = {
@@ -480,6 +489,8 @@ def _compile_tree(tree: Any, leaf: Callable[[Any], Evaluator]) -> Evaluator:
         # Only the first operand counts; the others are never evaluated.
         return _not(_compile_tree(operands[0], leaf)) if operands else _unknown
     children = tuple(_compile_tree(operand, leaf) for operand in operands)
+    if len(children) == 1 and children[0] in _STRICT:
+        return children[0]
     if operator == "and":
         return _and(children)
     return _or(children)
@@ -490,7 +501,7 @@ def _not(child: Evaluator) -> Evaluator:
         result = child(attributes, segments)
         return None if result is None else not result
 
-    return evaluate
+    return _strict(evaluate)
 
 
 def _and(children: tuple[Evaluator, ...]) -> Evaluator:
@@ -504,7 +515,7 @@ def _and(children: tuple[Evaluator, ...]) -> Evaluator:
                 unknown = True
         return None if unknown else True
 
-    return evaluate
+    return _strict(evaluate)
 
 
 def _or(children: tuple[Evaluator, ...]) -> Evaluator:
@@ -518,7 +529,7 @@ def _or(children: tuple[Evaluator, ...]) -> Evaluator:
                 unknown = True
         return None if unknown else False
 
-    return evaluate
+    return _strict(evaluate)
 
 
 class _ConditionDecoder:

@@ -467,3 +467,43 @@ def test_semver_compares_like_optimizely() -> None:
             assert compare_semver(target, user) == expected, (target, user)
             compared += 1
     assert compared > 15_000
+
+
+class _Truthy:
+    """What a numpy comparison returns: truthy, but not ``True``."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _OddInt(int):
+    """An int whose comparisons return a truthy non-bool, like numpy's integers."""
+
+    def __gt__(self, other: object) -> Any:
+        return _Truthy()
+
+    def __eq__(self, other: object) -> Any:
+        return _Truthy()
+
+    __hash__ = int.__hash__
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        ["or", _leaf("gt", 1)],
+        ["and", _leaf("gt", 1)],
+        ["and", ["or", ["or", _leaf("exact", 1)]]],
+        _leaf("gt", 1),
+        ["not", _leaf("gt", 1)],
+        ["or", _leaf("gt", 1), _leaf("exists", None, "b")],
+        ["and", _leaf("gt", 1), _leaf("exists", None, "b")],
+    ],
+)
+def test_non_bool_comparison_results_flow_through_the_tree_as_in_optimizely(tree: Any) -> None:
+    context = _UserContext({"a": _OddInt(5)}, None)
+    text = json.dumps(tree)
+    expected = _reference_audience(text, context)
+    got = compile_audience(Audience(id="1", name="n", conditions=text))(context.attributes, None)
+    assert type(got) is type(expected)
+    assert bool(got) == bool(expected)

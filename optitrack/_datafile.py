@@ -174,6 +174,8 @@ class Holdout(_Model):
     audience_conditions: Any = None
     included_rules: tuple[StrictStr, ...] | None = None
     layer_id: StrictStr = ""
+    # Read for its truthiness only, as Optimizely's SDK does, so any JSON value is accepted.
+    exclude_targeted_deliveries: Any = False
 
 
 class Integration(_Model):

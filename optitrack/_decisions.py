@@ -766,8 +766,8 @@ class DecisionEngine:
         """Decide an experiment for Activate, which then sends an impression.
 
         As :meth:`get_variation`, then the variation is looked up again by experiment key
-        and variation key, as Optimizely's ``activate`` does, and a variation that look-up
-        cannot find is not activated.
+        and variation key, as Optimizely's ``activate`` does: a variation that look-up
+        cannot find, or whose key is empty, is not activated.
 
         Args:
             experiment: The experiment (see :meth:`experiment_by_key`).
@@ -781,8 +781,9 @@ class DecisionEngine:
         decision = self.get_variation(experiment, user, profile, include_reasons=include_reasons)
         if decision.variation is None:
             return decision
+        # Optimizely's activate drops a variation whose key is empty.
         variation = self.variation_by_key(experiment.key, decision.variation.key)
-        if variation is None:
+        if variation is None or not decision.variation.key:
             return VariationDecision(None, None, None, decision.reasons)
         return VariationDecision(experiment, variation, RuleType.EXPERIMENT, decision.reasons)
 

@@ -106,9 +106,15 @@ class _Ours:
             self.store[stored["user_id"]] = copy.deepcopy(stored)
 
     def decide(
-        self, flag_key: str, user: UserInput, forced: dict[tuple[str, str | None], str]
+        self,
+        flag_key: str,
+        user: UserInput,
+        forced: dict[tuple[str, str | None], str],
+        *,
+        ignore_profiles: bool = False,
     ) -> VariationDecision:
-        profile = self.profile(user.user_id)
+        # IGNORE_USER_PROFILE_SERVICE: the client neither loads nor saves a profile.
+        profile = None if ignore_profiles else self.profile(user.user_id)
         decision = self.engine.decide_flag(
             self.config.flags_by_key[flag_key], user, forced, profile, include_reasons=False
         )
@@ -206,8 +212,12 @@ def _compare_user(
             OptimizelyUserContext.OptimizelyForcedDecision(variation_key),
         )
     for flag_key in flag_keys:
-        expected = _reference_call(context.decide, flag_key, list(_NO_EVENT))
-        got = ours.decide(flag_key, user, forced)
+        ignore_profiles = len(user.user_id) % 3 == 0
+        options = list(_NO_EVENT)
+        if ignore_profiles:
+            options.append(OptimizelyDecideOption.IGNORE_USER_PROFILE_SERVICE)
+        expected = _reference_call(context.decide, flag_key, options)
+        got = ours.decide(flag_key, user, forced, ignore_profiles=ignore_profiles)
         where = (user, forced, flag_key)
         assert got.variation_key == expected.variation_key, where
         assert got.enabled == expected.enabled, where
@@ -323,6 +333,8 @@ class _Builder:
                 variation["id"] = rng.choice(self.variation_ids)  # shared with another rule
             if self.quirky and out and rng.random() < 0.05:
                 variation["key"] = out[-1]["key"]  # twice in one experiment
+            if self.quirky and rng.random() < 0.03:
+                variation["key"] = ""
             self.variation_ids.append(variation["id"])
             if rng.random() < 0.9:
                 variation["featureEnabled"] = rng.random() < 0.6
@@ -349,7 +361,11 @@ class _Builder:
             "layerId": layer_id,
             "status": rng.choices(("Running", "Paused", "Not started"), (8, 1, 1))[0],
             "variations": variations,
-            "trafficAllocation": _allocation(rng, ids),
+            "trafficAllocation": _allocation(
+                rng,
+                # Now and then a variation of another rule, which Optimizely cannot find.
+                [*ids, rng.choice(self.variation_ids)] if self.quirky else ids,
+            ),
             "forcedVariations": {},
             **self.targeting(),
         }

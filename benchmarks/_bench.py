@@ -167,6 +167,29 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+def source_revision() -> str:
+    """The commit of the optitrack measured, and whether its working tree differs from it."""
+    root = HERE.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "optitrack"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if changed:
+        return f"{commit} + uncommitted changes in optitrack/"
+    return commit
+
+
 def machine() -> dict[str, str]:
     """What the figures were measured on: CPUs, Python, library versions, date, load."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -182,6 +205,7 @@ def machine() -> dict[str, str]:
         pass
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "optitrack source": source_revision(),
         "cpus": f"{os.cpu_count()} (usable: {affinity}), {cpu}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": platform.platform(),

@@ -156,6 +156,10 @@ class UserProfile:
     The engine reads it before bucketing an experiment and records every new bucketing
     in it; :attr:`changed` tells the caller to save it.
 
+    Args:
+        user_id: The user id the profile belongs to.
+        experiment_bucket_map: The stored decisions (copied), or ``None`` for none.
+
     Attributes:
         user_id: The user id the profile belongs to.
         experiment_bucket_map: Experiment id to ``{"variation_id": variation_id}``.

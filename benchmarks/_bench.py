@@ -226,6 +226,12 @@ def print_machine(title: str, argv: Sequence[str]) -> None:
     print()
 
 
+def print_load() -> None:
+    """Print the load average now: figures taken while others were busy read low."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at end: {load} (on {os.cpu_count()} CPUs; this run keeps about 2 busy)")
+
+
 def table(rows: Sequence[Sequence[str]]) -> str:
     """Rows of cells as a Markdown table (the first row is the header)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

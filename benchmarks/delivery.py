@@ -43,6 +43,7 @@ from _bench import (
     datafile_text,
     delta,
     median,
+    print_load,
     print_machine,
     spread,
     table,
@@ -376,6 +377,8 @@ def main(argv: list[str]) -> None:
     )
     print("## Summary")
     print(table(rows))
+    print()
+    print_load()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from _bench import (
     delta,
     median,
     percentile,
+    print_load,
     print_machine,
     spread,
     table,
@@ -622,6 +623,8 @@ def main(argv: list[str]) -> None:
         peer = section_peer(collector, sizes)
 
     summarize(caller, throughput, counted, memory, drain, peer, sizes)
+    print()
+    print_load()
 
 
 def summarize(

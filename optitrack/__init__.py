@@ -5,6 +5,14 @@ Everything public is importable from here; the modules behind it are private.
 
 from ._client import Client, UserContext
 from ._datafile import ProjectConfig, load_datafile
+from ._decide import (
+    DecideOption,
+    Decision,
+    DecisionContext,
+    ForcedDecision,
+    InMemoryUserProfileService,
+    UserProfileService,
+)
 from ._exceptions import (
     ClientStateError,
     DatafileError,
@@ -28,9 +36,14 @@ __all__ = [
     "Client",
     "ClientStateError",
     "DatafileError",
+    "DecideOption",
+    "Decision",
+    "DecisionContext",
     "DecisionError",
     "DecisionNotification",
     "FlushResult",
+    "ForcedDecision",
+    "InMemoryUserProfileService",
     "LogEventNotification",
     "NotificationCenter",
     "NotificationType",
@@ -44,6 +57,7 @@ __all__ = [
     "TrackNotification",
     "TrackResult",
     "UserContext",
+    "UserProfileService",
     "__version__",
     "load_datafile",
 ]

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
 import httpx
 
-from ._datafile import ProjectConfig, load_datafile
+from ._datafile import Experiment, FeatureFlag, Holdout, ProjectConfig, Variation, load_datafile
+from ._decide import (
+    DecideOption,
+    Decision,
+    DecisionContext,
+    ForcedDecision,
+    UserProfileService,
+)
+from ._decisions import DecisionEngine, RuleType, UserInput, UserProfile, VariationDecision
 from ._events import EventFactory, InvalidTagsError
-from ._exceptions import ClientStateError, TrackError, unwrap_single_group
-from ._notifications import NotificationCenter, NotificationType, TrackNotification
+from ._exceptions import ClientStateError, DecisionError, TrackError, unwrap_single_group
+from ._logging import logger
+from ._notifications import (
+    DecisionNotification,
+    NotificationCenter,
+    NotificationType,
+    TrackNotification,
+)
 from ._processor import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLOSE_TIMEOUT,
@@ -75,6 +89,9 @@ class Client:
             By default the client makes and closes its own.
         strict: Raise :class:`TrackError` (and :class:`DecisionError`) instead of
             returning a refusal: for tests and development.
+        user_profile_service: Where sticky bucketing is kept (see
+            :class:`UserProfileService`); none by default.
+        default_decide_options: Options added to every ``decide``.
 
     Raises:
         DatafileError: The datafile is invalid (the message says what and where).
@@ -100,6 +117,8 @@ class Client:
         retry: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
         strict: bool = False,
+        user_profile_service: UserProfileService | None = None,
+        default_decide_options: Iterable[DecideOption | str] = (),
     ) -> None:
         self._config = datafile if isinstance(datafile, ProjectConfig) else load_datafile(datafile)
         self._options = BatchOptions(
@@ -124,6 +143,9 @@ class Client:
         self._processor = BatchProcessor(self._options, self.notification_center)
         self._block = self._options.overflow is Overflow.BLOCK
         self._strict = strict
+        self._engine = DecisionEngine(self._config)
+        self._profiles = user_profile_service
+        self.default_decide_options = frozenset(DecideOption(o) for o in default_decide_options)
         self._state = _NEW
         self._stack: AsyncExitStack | None = None
 
@@ -340,6 +362,638 @@ class Client:
             TrackNotification(event_key, user_id, attributes, event_tags),
         )
 
+    # -- decisions -------------------------------------------------------------------
+
+    async def activate(
+        self, experiment_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Bucket a user into an experiment and send the impression that makes it count.
+
+        Args:
+            experiment_key: The experiment's key.
+            user_id: The user's id.
+            attributes: The user's attributes, for audiences and the impression.
+
+        Returns:
+            The variation's key, or ``None`` when the user is in no variation (not
+            running, not in the audience, not in the traffic). No impression then.
+
+        Raises:
+            DecisionError: Invalid input and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        self._require_started("activate")
+        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        if experiment is None:
+            return None
+        user = UserInput(user_id, attributes or {})
+        profile = await self._load_profile(user_id)
+        decision = self._engine.activate(experiment, user, profile, include_reasons=False)
+        await self._save_profile(profile)
+        self._notify_variation(experiment, user_id, attributes, decision)
+        if decision.variation is None:
+            logger.info('Not activating user "%s".', user_id)
+            return None
+        await self._impression(
+            user_id, attributes, "", experiment, decision.variation, RuleType.EXPERIMENT, True
+        )
+        return decision.variation.key
+
+    def get_variation(
+        self, experiment_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """The variation a user gets in an experiment; sends nothing.
+
+        Being sync, it does not consult the user profile service (``activate`` does).
+
+        Args:
+            experiment_key: The experiment's key.
+            user_id: The user's id.
+            attributes: The user's attributes, for audiences.
+
+        Returns:
+            The variation's key, or ``None``.
+
+        Raises:
+            DecisionError: Invalid input and the client is strict.
+        """
+        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        if experiment is None:
+            return None
+        user = UserInput(user_id, attributes or {})
+        decision = self._engine.get_variation(experiment, user, None, include_reasons=False)
+        self._notify_variation(experiment, user_id, attributes, decision)
+        return decision.variation_key
+
+    def set_forced_variation(
+        self, experiment_key: str, user_id: str, variation_key: str | None
+    ) -> bool:
+        """Force a user into a variation of an experiment, for this client's lifetime.
+
+        Args:
+            experiment_key: The experiment's key.
+            user_id: The user's id.
+            variation_key: The variation's key; ``None`` removes the forced variation.
+
+        Returns:
+            Whether it was set (``False`` for an unknown experiment or variation).
+        """
+        return self._engine.set_forced_variation(experiment_key, user_id, variation_key)
+
+    def get_forced_variation(self, experiment_key: str, user_id: str) -> str | None:
+        """The variation a user was forced into with :meth:`set_forced_variation`.
+
+        Args:
+            experiment_key: The experiment's key.
+            user_id: The user's id.
+
+        Returns:
+            The variation's key, or ``None``.
+        """
+        return self._engine.get_forced_variation(experiment_key, user_id)
+
+    async def is_feature_enabled(
+        self, feature_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Whether a flag is on for a user; sends the impression the decision calls for.
+
+        An impression is sent when an experiment rule decided; for a rollout rule, or when
+        no rule did, only when the datafile's ``sendFlagDecisions`` is true.
+
+        Args:
+            feature_key: The flag's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            Whether the flag is enabled for the user (``False`` on invalid input).
+
+        Raises:
+            DecisionError: Invalid input and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        self._require_started("is_feature_enabled")
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return False
+        profile = await self._load_profile(user_id)
+        decision = self._engine.decide_flag(
+            flag, UserInput(user_id, attributes or {}), {}, profile, include_reasons=False
+        )
+        await self._save_profile(profile)
+        enabled = decision.enabled
+        source = decision.rule_type
+        if (
+            source is RuleType.ROLLOUT or decision.variation is None
+        ) and self._config.send_flag_decisions:
+            await self._flag_impression(user_id, attributes, flag.key, decision, enabled)
+        if source is RuleType.FEATURE_TEST and decision.variation and decision.experiment:
+            await self._flag_impression(user_id, attributes, flag.key, decision, enabled)
+        if self.notification_center.has_listeners(NotificationType.DECISION):
+            source_info = {}
+            if source is RuleType.FEATURE_TEST and decision.experiment is not None:
+                source_info = {
+                    "experiment_key": decision.rule_key,
+                    "variation_key": decision.variation_key,
+                }
+            self._notify_decision(
+                "feature",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": enabled,
+                    "source": str(source),
+                    "source_info": source_info,
+                },
+            )
+        return enabled
+
+    async def get_enabled_features(
+        self, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """The keys of the flags enabled for a user, each decided as by is_feature_enabled.
+
+        Args:
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The enabled flags' keys, in datafile order.
+        """
+        return [
+            flag.key
+            for flag in self._config.datafile.feature_flags
+            if await self.is_feature_enabled(flag.key, user_id, attributes)
+        ]
+
+    def get_feature_variable(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """A flag variable's value for a user, typed by the variable's type.
+
+        The variation's value when the user's variation is enabled and sets it, else the
+        variable's default. Sends nothing; does not consult the user profile service.
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The value, or ``None`` for an unknown flag or variable, or a value that does
+            not convert to the variable's type.
+        """
+        return self._feature_variable(feature_key, variable_key, user_id, attributes, None)
+
+    def get_feature_variable_string(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """A ``string`` variable's value (``None`` if the variable is of another type).
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The value, or ``None``.
+        """
+        value = self._feature_variable(feature_key, variable_key, user_id, attributes, "string")
+        return value if isinstance(value, str) else None
+
+    def get_feature_variable_integer(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> int | None:
+        """An ``integer`` variable's value (``None`` if the variable is of another type).
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The value, or ``None``.
+        """
+        value = self._feature_variable(feature_key, variable_key, user_id, attributes, "integer")
+        return value if isinstance(value, int) else None
+
+    def get_feature_variable_double(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> float | None:
+        """A ``double`` variable's value (``None`` if the variable is of another type).
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The value, or ``None``.
+        """
+        value = self._feature_variable(feature_key, variable_key, user_id, attributes, "double")
+        return value if isinstance(value, float) else None
+
+    def get_feature_variable_boolean(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> bool | None:
+        """A ``boolean`` variable's value (``None`` if the variable is of another type).
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The value, or ``None``.
+        """
+        value = self._feature_variable(feature_key, variable_key, user_id, attributes, "boolean")
+        return value if isinstance(value, bool) else None
+
+    def get_feature_variable_json(
+        self,
+        feature_key: str,
+        variable_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """A ``json`` variable's value, parsed (``None`` if the variable is of another type).
+
+        Args:
+            feature_key: The flag's key.
+            variable_key: The variable's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The parsed value, or ``None``.
+        """
+        return self._feature_variable(feature_key, variable_key, user_id, attributes, "json")
+
+    def get_all_feature_variables(
+        self, feature_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Every variable of a flag for a user, typed.
+
+        Args:
+            feature_key: The flag's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            Variable key to value, or ``None`` for an unknown flag or invalid input.
+        """
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return None
+        decision = self._engine.decide_flag(
+            flag, UserInput(user_id, attributes or {}), {}, None, include_reasons=False
+        )
+        values = self._engine.all_variables(flag, decision.variation)
+        if self.notification_center.has_listeners(NotificationType.DECISION):
+            self._notify_decision(
+                "all-feature-variables",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": decision.enabled,
+                    "variable_values": values,
+                    "source": str(decision.rule_type),
+                    "source_info": self._source_info(decision),
+                },
+            )
+        return values
+
+    def _feature_variable(
+        self,
+        feature_key: Any,
+        variable_key: Any,
+        user_id: Any,
+        attributes: Any,
+        expected: str | None,
+    ) -> Any:
+        if not isinstance(variable_key, str) or not variable_key:
+            return self._invalid_decision('Provided "variable_key" is in an invalid format.')
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return None
+        kind = self._engine.variable_type(flag, variable_key)
+        if kind is None:
+            logger.error('Variable with key "%s" not found in the datafile.', variable_key)
+            return None
+        if expected is not None and kind != expected:
+            logger.warning(
+                'Requested variable type "%s", but variable is of type "%s". '
+                "Use correct API to retrieve value. Returning None.",
+                expected,
+                kind,
+            )
+            return None
+        decision = self._engine.decide_flag(
+            flag, UserInput(user_id, attributes or {}), {}, None, include_reasons=False
+        )
+        value = self._engine.variable_value(flag, variable_key, decision.variation)
+        if self.notification_center.has_listeners(NotificationType.DECISION):
+            self._notify_decision(
+                "feature-variable",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": decision.enabled,
+                    "source": str(decision.rule_type),
+                    "variable_key": variable_key,
+                    "variable_value": value,
+                    "variable_type": kind,
+                    "source_info": self._source_info(decision),
+                },
+            )
+        return value
+
+    async def _decide(
+        self,
+        user: UserContext,
+        keys: Sequence[str] | None,
+        options: Iterable[DecideOption | str] | None,
+        *,
+        single: bool = False,
+    ) -> dict[str, Decision]:
+        """Decide flags for a user: ``keys`` (``None`` for every flag of the datafile)."""
+        self._require_started("decide")
+        try:
+            chosen = self.default_decide_options.union(DecideOption(o) for o in options or ())
+        except ValueError as exc:
+            self._invalid_decision(f"Invalid decide option: {exc}")
+            chosen = self.default_decide_options
+        if single:
+            chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
+        flags = self._config.flags_by_key
+        wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
+        user_input = UserInput(user.user_id, user._attributes, user._segments)
+        profile = None
+        if DecideOption.IGNORE_USER_PROFILE_SERVICE not in chosen:
+            profile = await self._load_profile(user.user_id)
+        include_reasons = DecideOption.INCLUDE_REASONS in chosen
+        decisions: dict[str, Decision] = {}
+        for key in wanted:
+            flag = flags.get(key) if isinstance(key, str) else None
+            if flag is None:
+                reasons: tuple[str, ...] = ()
+                if single:
+                    reasons = (f'No flag was found for key "{key}".',)
+                    logger.error("No feature flag was found for key '%s'.", key)
+                    if self._strict:
+                        raise DecisionError(reasons[0])
+                decisions[key] = Decision(
+                    None, False, MappingProxyType({}), None, key, user, reasons
+                )
+                continue
+            decision = self._engine.decide_flag(
+                flag, user_input, user._forced, profile, include_reasons=include_reasons
+            )
+            result = await self._flag_decision(user, flag, decision, chosen)
+            if result.enabled or DecideOption.ENABLED_FLAGS_ONLY not in chosen:
+                decisions[key] = result
+        await self._save_profile(profile)
+        return decisions
+
+    async def _flag_decision(
+        self,
+        user: UserContext,
+        flag: FeatureFlag,
+        decision: VariationDecision,
+        options: frozenset[DecideOption],
+    ) -> Decision:
+        enabled = decision.enabled
+        attributes = user._attributes
+        dispatched = False
+        if DecideOption.DISABLE_DECISION_EVENT not in options:
+            side = decision.holdout
+            if side is not None and decision.rule_type is not RuleType.HOLDOUT:
+                dispatched = await self._flag_impression(
+                    user.user_id, attributes, flag.key, side, side.enabled
+                )
+            if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT) or (
+                self._config.send_flag_decisions
+            ):
+                dispatched = (
+                    await self._flag_impression(
+                        user.user_id, attributes, flag.key, decision, enabled
+                    )
+                    or dispatched
+                )
+        variables: Mapping[str, Any] = MappingProxyType({})
+        if DecideOption.EXCLUDE_VARIABLES not in options:
+            variables = MappingProxyType(self._engine.all_variables(flag, decision.variation))
+        result = Decision(
+            decision.variation_key,
+            enabled,
+            variables,
+            decision.rule_key,
+            flag.key,
+            user,
+            decision.reasons if DecideOption.INCLUDE_REASONS in options else (),
+        )
+        if self.notification_center.has_listeners(NotificationType.DECISION):
+            self._notify_decision(
+                "flag",
+                user.user_id,
+                attributes,
+                {
+                    "flag_key": flag.key,
+                    "enabled": enabled,
+                    "variables": dict(variables),
+                    "variation_key": result.variation_key,
+                    "rule_key": result.rule_key,
+                    "reasons": list(result.reasons),
+                    "decision_event_dispatched": dispatched,
+                    "experiment_id": decision.experiment.id if decision.experiment else None,
+                    "variation_id": decision.variation.id if decision.variation else None,
+                },
+            )
+        return result
+
+    async def _flag_impression(
+        self,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        flag_key: str,
+        decision: VariationDecision,
+        enabled: bool,
+    ) -> bool:
+        return await self._impression(
+            user_id,
+            attributes,
+            flag_key,
+            decision.experiment,
+            decision.variation,
+            decision.rule_type or RuleType.ROLLOUT,
+            enabled,
+        )
+
+    async def _impression(
+        self,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        flag_key: str,
+        rule: Experiment | Holdout | None,
+        variation: Variation | None,
+        rule_type: RuleType,
+        enabled: bool,
+    ) -> bool:
+        """Queue an impression; whether it was accepted (refusals are counted and logged)."""
+        if rule is None and rule_type is not RuleType.ROLLOUT:
+            return False  # as Optimizely: no impression without a rule, but for a rollout
+        data = self._factory.impression(
+            user_id=user_id,
+            attributes=attributes,
+            flag_key=flag_key,
+            rule=rule,
+            variation=variation,
+            rule_type=rule_type.value,
+            enabled=enabled,
+        )
+        if self._state != _RUNNING:
+            self._processor.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")
+            return False
+        if self._block:
+            reason = await self._processor.put(self._context, data)
+        else:
+            reason = self._processor.put_nowait(self._context, data)
+        return reason is None
+
+    async def _load_profile(self, user_id: str) -> UserProfile | None:
+        if self._profiles is None:
+            return None
+        try:
+            stored = await self._profiles.lookup(user_id)
+        except Exception:
+            logger.exception('The user profile service failed to look up user "%s".', user_id)
+            stored = None
+        return UserProfile.from_lookup(user_id, stored)
+
+    async def _save_profile(self, profile: UserProfile | None) -> None:
+        if self._profiles is None or profile is None or not profile.changed:
+            return
+        try:
+            await self._profiles.save(profile.to_dict())
+        except Exception:
+            logger.exception('The user profile service failed to save user "%s".', profile.user_id)
+
+    def _require_started(self, method: str) -> None:
+        if self._state == _NEW:
+            raise ClientStateError(f"{method}() needs a running client: use `async with client:`")
+
+    def _invalid_decision(self, message: str) -> None:
+        logger.error("%s", message)
+        if self._strict:
+            raise DecisionError(message)
+
+    def _user_input_ok(self, user_id: Any, attributes: Any) -> bool:
+        if not isinstance(user_id, str):
+            self._invalid_decision('Provided "user_id" is in an invalid format.')
+            return False
+        if attributes is not None and not isinstance(attributes, Mapping):
+            self._invalid_decision("Provided attributes are in an invalid format.")
+            return False
+        return True
+
+    def _experiment_input(
+        self, experiment_key: Any, user_id: Any, attributes: Any
+    ) -> Experiment | None:
+        if not isinstance(experiment_key, str) or not experiment_key:
+            self._invalid_decision('Provided "experiment_key" is in an invalid format.')
+            return None
+        if not isinstance(user_id, str):
+            self._invalid_decision('Provided "user_id" is in an invalid format.')
+            return None
+        experiment = self._engine.experiment_by_key(experiment_key)
+        if experiment is None:
+            logger.info(
+                'Experiment key "%s" is invalid. Not activating user "%s".', experiment_key, user_id
+            )
+            if self._strict:
+                raise DecisionError(f'Experiment key "{experiment_key}" is not in the datafile.')
+            return None
+        if not self._user_input_ok(user_id, attributes):
+            return None
+        return experiment
+
+    def _flag_input(self, feature_key: Any, user_id: Any, attributes: Any) -> FeatureFlag | None:
+        if not isinstance(feature_key, str) or not feature_key:
+            self._invalid_decision('Provided "feature_key" is in an invalid format.')
+            return None
+        if not self._user_input_ok(user_id, attributes):
+            return None
+        flag = self._config.flags_by_key.get(feature_key)
+        if flag is None:
+            self._invalid_decision(f'Feature "{feature_key}" is not in datafile.')
+        return flag
+
+    @staticmethod
+    def _source_info(decision: VariationDecision) -> dict[str, Any]:
+        if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT):
+            return {"experiment_key": decision.rule_key, "variation_key": decision.variation_key}
+        return {}
+
+    def _notify_variation(
+        self,
+        experiment: Experiment,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        decision: VariationDecision,
+    ) -> None:
+        if self.notification_center.has_listeners(NotificationType.DECISION):
+            kind = (
+                "feature-test"
+                if experiment.id in self._config.flags_by_experiment_id
+                else "ab-test"
+            )
+            self._notify_decision(
+                kind,
+                user_id,
+                attributes,
+                {"experiment_key": experiment.key, "variation_key": decision.variation_key},
+            )
+
+    def _notify_decision(
+        self,
+        kind: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        info: Mapping[str, Any],
+    ) -> None:
+        self.notification_center.send(
+            NotificationType.DECISION,
+            DecisionNotification(kind, user_id, attributes or {}, info),
+        )
+
     # -- users -----------------------------------------------------------------------
 
     def create_user_context(
@@ -379,6 +1033,8 @@ class UserContext:
         self.client = client
         self.user_id = user_id
         self._attributes: dict[str, Any] = dict(attributes or {})
+        self._forced: dict[tuple[str, str | None], str] = {}
+        self._segments: frozenset[str] | None = None
 
     @property
     def attributes(self) -> dict[str, Any]:
@@ -407,6 +1063,122 @@ class UserContext:
             Whether the event was accepted and, when not, why.
         """
         return await self.client.track(event_key, self.user_id, self._attributes, event_tags)
+
+    async def decide(
+        self, key: str, options: Iterable[DecideOption | str] | None = None
+    ) -> Decision:
+        """Decide one flag for this user, and send the impression the decision calls for.
+
+        An impression is sent when an experiment rule (or a holdout) decided; for a
+        rollout rule, or when no rule did, only when the datafile's ``sendFlagDecisions``
+        is true; never with ``DISABLE_DECISION_EVENT``.
+
+        Args:
+            key: The flag's key.
+            options: Decide options, added to the client's defaults.
+
+        Returns:
+            The decision. For an unknown flag: not enabled, no variation, and a reason.
+
+        Raises:
+            DecisionError: An unknown flag and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        decisions = await self.client._decide(self, [key], options, single=True)
+        return decisions[key]
+
+    async def decide_for_keys(
+        self, keys: Sequence[str], options: Iterable[DecideOption | str] | None = None
+    ) -> dict[str, Decision]:
+        """Decide several flags for this user (see :meth:`decide`).
+
+        Args:
+            keys: The flags' keys.
+            options: Decide options, added to the client's defaults.
+
+        Returns:
+            Flag key to decision; with ``ENABLED_FLAGS_ONLY``, the enabled ones only.
+        """
+        return await self.client._decide(self, list(keys), options)
+
+    async def decide_all(
+        self, options: Iterable[DecideOption | str] | None = None
+    ) -> dict[str, Decision]:
+        """Decide every flag of the datafile for this user (see :meth:`decide`).
+
+        Args:
+            options: Decide options, added to the client's defaults.
+
+        Returns:
+            Flag key to decision, in datafile order.
+        """
+        return await self.client._decide(self, None, options)
+
+    def set_forced_decision(self, context: DecisionContext, decision: ForcedDecision) -> bool:
+        """Force a variation for a flag, or for one rule of a flag, for this user.
+
+        Args:
+            context: The flag (and rule) it applies to.
+            decision: The variation to force.
+
+        Returns:
+            Always ``True``; a variation the flag does not have is ignored at decide time,
+            with a reason.
+        """
+        self._forced[(context.flag_key, context.rule_key)] = decision.variation_key
+        return True
+
+    def get_forced_decision(self, context: DecisionContext) -> ForcedDecision | None:
+        """The forced decision set for a context, or ``None``.
+
+        Args:
+            context: The flag (and rule).
+
+        Returns:
+            The forced decision, or ``None``.
+        """
+        variation_key = self._forced.get((context.flag_key, context.rule_key))
+        return ForcedDecision(variation_key) if variation_key is not None else None
+
+    def remove_forced_decision(self, context: DecisionContext) -> bool:
+        """Remove the forced decision of a context.
+
+        Args:
+            context: The flag (and rule).
+
+        Returns:
+            Whether there was one.
+        """
+        return self._forced.pop((context.flag_key, context.rule_key), None) is not None
+
+    def remove_all_forced_decisions(self) -> bool:
+        """Remove every forced decision of this user.
+
+        Returns:
+            Always ``True``.
+        """
+        self._forced.clear()
+        return True
+
+    @property
+    def qualified_segments(self) -> frozenset[str] | None:
+        """The user's qualified segments, for audiences with ``qualified`` conditions."""
+        return self._segments
+
+    @qualified_segments.setter
+    def qualified_segments(self, segments: Iterable[str] | None) -> None:
+        self._segments = None if segments is None else frozenset(segments)
+
+    def is_qualified_for(self, segment: str) -> bool:
+        """Whether the user is in a segment.
+
+        Args:
+            segment: The segment's name.
+
+        Returns:
+            Whether it is among :attr:`qualified_segments`.
+        """
+        return self._segments is not None and segment in self._segments
 
     def __repr__(self) -> str:
         return f"UserContext(user_id={self.user_id!r}, attributes={self._attributes!r})"

@@ -71,8 +71,16 @@ class Variation(_Model):
 
     id: StrictStr
     key: StrictStr
+    # Optimizely's SDK accepts null for both (no featureEnabled, no variables).
     feature_enabled: StrictBool = False
     variables: tuple[VariableUsage, ...] = ()
+
+    @pydantic.field_validator("feature_enabled", "variables", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        if value is None:
+            return False if info.field_name == "feature_enabled" else ()
+        return value
 
 
 class Experiment(_Model):
@@ -87,7 +95,7 @@ class Experiment(_Model):
     audience_ids: tuple[StrictStr, ...]
     audience_conditions: Any = None
     forced_variations: dict[StrictStr, Any]
-    type: StrictStr | None = None
+    type: Any = None  # "fr" (feature rollout), "td" (targeted delivery)... not checked
 
     @property
     def is_running(self) -> bool:
@@ -141,7 +149,7 @@ class Variable(_Model):
     id: StrictStr
     key: StrictStr
     type: StrictStr
-    default_value: StrictStr
+    default_value: Any  # a string in practice; Optimizely's SDK casts whatever it finds
     sub_type: StrictStr | None = None
 
 

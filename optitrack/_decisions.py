@@ -1242,7 +1242,7 @@ class DecisionEngine:
             for key, (variable, kind) in self._flag(flag).variables.items()
         }
 
-    def _raw_value(self, variable: Variable, variation: Variation | None) -> str | None:
+    def _raw_value(self, variable: Variable, variation: Variation | None) -> Any:
         if variation is None or not variation.feature_enabled:
             return variable.default_value
         # Optimizely looks values up by variation id across the whole datafile.

@@ -166,3 +166,17 @@ def test_attribute_entity_ids(datafile: dict[str, Any]) -> None:
 def test_client_accepts_a_loaded_config(datafile: dict[str, Any]) -> None:
     config = load_datafile(datafile)
     assert optitrack.Client(config).config is config
+
+
+def test_accepts_nulls_and_loose_types_optimizely_accepts(datafile: dict[str, Any]) -> None:
+    variation = datafile["experiments"][0]["variations"][0]
+    variation["featureEnabled"] = None
+    variation["variables"] = None
+    datafile["experiments"][0]["type"] = 7
+    datafile["featureFlags"][0]["variables"] = [
+        {"id": "1", "key": "n", "type": "integer", "defaultValue": 3}
+    ]
+    config = load_datafile(datafile)
+    loaded = config.experiments_by_id["40101"].variations[0]
+    assert loaded.feature_enabled is False
+    assert loaded.variables == ()

@@ -1,0 +1,505 @@
+"""The decision API: activate, is_feature_enabled, decide, variables, and their impressions.
+
+Impressions are checked on the wire (the Events API stand-in), and against what
+optimizely-sdk 5.7.0 dispatches for the same calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+import optitrack
+from optitrack import (
+    ClientStateError,
+    DecideOption,
+    DecisionContext,
+    DecisionError,
+    ForcedDecision,
+    InMemoryUserProfileService,
+    NotificationType,
+)
+from optitrack.testing import EventsAPI
+from tests.conftest import asgi_client, comparable, load_fixture
+from tests.test_events import FIXTURE_ATTRIBUTES
+
+pytestmark = pytest.mark.anyio
+
+PRO = {"plan": "pro"}
+
+
+def impressions(api: EventsAPI) -> list[dict[str, Any]]:
+    """The decisions of every impression received, with the visitor id."""
+    out = []
+    for visitor in api.visitors:
+        snapshot = visitor.snapshots[0]
+        for decision in snapshot.decisions or []:
+            out.append(
+                {"visitor": visitor.visitor_id} | decision.model_dump(mode="json")["metadata"]
+            )
+    return out
+
+
+def with_variables(datafile: dict[str, Any]) -> dict[str, Any]:
+    datafile = copy.deepcopy(datafile)
+    datafile["featureFlags"][0]["variables"] = [
+        {"id": "90001", "key": "title", "type": "string", "defaultValue": "Hello"},
+        {"id": "90002", "key": "max_items", "type": "integer", "defaultValue": "3"},
+        {"id": "90003", "key": "ratio", "type": "double", "defaultValue": "0.5"},
+        {"id": "90004", "key": "express", "type": "boolean", "defaultValue": "false"},
+        {
+            "id": "90005",
+            "key": "config",
+            "type": "string",
+            "subType": "json",
+            "defaultValue": '{"a": 1}',
+        },
+    ]
+    treatment = datafile["experiments"][0]["variations"][1]
+    treatment["variables"] = [
+        {"id": "90001", "value": "Hi"},
+        {"id": "90002", "value": "7"},
+        {"id": "90004", "value": "true"},
+        {"id": "90005", "value": '{"a": 2, "b": [1]}'},
+    ]
+    return datafile
+
+
+async def test_decide_impression_equals_the_optimizely_fixture(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1", FIXTURE_ATTRIBUTES)
+        decision = await user.decide("new_checkout")
+        await client.flush()
+    assert decision.variation_key == "treatment"
+    assert decision.enabled is True
+    assert decision.rule_key == "checkout_test"
+    assert decision.flag_key == "new_checkout"
+    assert decision.user_context is user
+    assert decision.reasons == ()
+    (request,) = api.requests
+    assert comparable(request.json()) == comparable(load_fixture("payload_impression.json"))
+
+
+async def test_activate_sends_an_experiment_impression(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert await client.activate("checkout_test", "user_1", PRO) == "treatment"
+        assert await client.activate("nope", "user_1") is None
+    assert impressions(api) == [
+        {
+            "visitor": "user_1",
+            "flag_key": "",
+            "rule_key": "checkout_test",
+            "rule_type": "experiment",
+            "variation_key": "treatment",
+            "enabled": True,
+        }
+    ]
+
+
+async def test_get_variation_sends_nothing(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert client.get_variation("checkout_test", "user_1") == "treatment"
+        assert client.get_variation("checkout_test", "user_0") == "control"
+        assert client.get_variation("nope", "user_0") is None
+    assert api.request_count == 0
+
+
+async def test_track_never_sends_an_impression(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        await client.track("purchase", "user_1")
+    assert impressions(api) == []
+    assert api.conversions == {"purchase": 1}
+
+
+async def test_a_conversion_counts_after_an_impression(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1", PRO)
+        await user.decide("new_checkout")
+        await user.track_event("purchase", {"revenue": 100})
+    (arm,) = api.statistics().variations
+    assert (arm.experiment, arm.variation, arm.conversions, arm.revenue) == (
+        "checkout_test",
+        "treatment",
+        {"purchase": 1},
+        100,
+    )
+
+
+@pytest.mark.parametrize("send_flag_decisions", [True, False])
+async def test_is_feature_enabled_impressions(
+    datafile: dict[str, Any], send_flag_decisions: bool
+) -> None:
+    datafile["sendFlagDecisions"] = send_flag_decisions
+    # Stop the experiment: decisions fall through to the rollout.
+    rollout_only = copy.deepcopy(datafile)
+    rollout_only["experiments"][0]["status"] = "Paused"
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert await client.is_feature_enabled("new_checkout", "user_1") is True
+    async with asgi_client(api, rollout_only) as client:
+        assert await client.is_feature_enabled("new_checkout", "user_1", PRO) is True
+        assert await client.is_feature_enabled("new_checkout", "user_2") is False
+        assert await client.is_feature_enabled("nope", "user_2") is False
+    got = [(i["visitor"], i["rule_type"], i["rule_key"], i["enabled"]) for i in impressions(api)]
+    expected = [("user_1", "feature-test", "checkout_test", True)]
+    if send_flag_decisions:
+        expected += [
+            ("user_1", "rollout", "pro_delivery", True),
+            ("user_2", "rollout", "default-rollout-70101", False),
+        ]
+    assert got == expected
+
+
+async def test_no_variation_impression_only_with_send_flag_decisions(
+    datafile: dict[str, Any],
+) -> None:
+    datafile["experiments"][0]["status"] = "Paused"
+    datafile["rollouts"][0]["experiments"] = []  # nothing can decide
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        decision = await client.create_user_context("u").decide("new_checkout")
+        assert await client.is_feature_enabled("new_checkout", "u") is False
+    assert (decision.variation_key, decision.enabled, decision.rule_key) == (None, False, None)
+    visitor, _is_feature_enabled = api.visitors
+    assert visitor.snapshots[0].decisions is not None
+    first = visitor.snapshots[0].decisions[0]
+    assert (first.campaign_id, first.experiment_id, first.variation_id) == ("", "", None)
+    assert first.metadata.rule_type == "rollout"
+    assert first.metadata.variation_key == ""
+    assert visitor.snapshots[0].events[0].entity_id == ""
+
+
+async def test_decide_options(datafile: dict[str, Any]) -> None:
+    datafile = with_variables(datafile)
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1", PRO)
+        quiet = await user.decide("new_checkout", [DecideOption.DISABLE_DECISION_EVENT])
+        assert quiet.enabled
+        assert await client.flush()
+        assert api.event_count == 0
+        bare = await user.decide("new_checkout", ["EXCLUDE_VARIABLES", "DISABLE_DECISION_EVENT"])
+        assert bare.variables == {}
+        full = await user.decide(
+            "new_checkout", [DecideOption.INCLUDE_REASONS, DecideOption.DISABLE_DECISION_EVENT]
+        )
+        assert full.variables == {
+            "title": "Hi",
+            "max_items": 7,
+            "ratio": 0.5,
+            "express": True,
+            "config": {"a": 2, "b": [1]},
+        }
+        assert any("treatment" in reason for reason in full.reasons)
+        control = client.create_user_context("user_0")
+        off = await control.decide("new_checkout", ["DISABLE_DECISION_EVENT"])
+        assert off.variation_key == "control"
+        assert off.variables["title"] == "Hello"  # control is not enabled: defaults
+        assert (
+            await control.decide_for_keys(
+                ["new_checkout"], ["ENABLED_FLAGS_ONLY", "DISABLE_DECISION_EVENT"]
+            )
+            == {}
+        )
+        # decide() ignores ENABLED_FLAGS_ONLY: a single decision is always returned.
+        single = await control.decide("new_checkout", ["ENABLED_FLAGS_ONLY"])
+        assert single.enabled is False
+
+
+async def test_default_decide_options(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(
+        api, datafile, default_decide_options=[DecideOption.DISABLE_DECISION_EVENT]
+    ) as client:
+        user = client.create_user_context("user_1")
+        await user.decide("new_checkout")
+        await user.decide_all()
+    assert api.request_count == 0
+
+
+async def test_decide_all_and_for_keys(datafile: dict[str, Any]) -> None:
+    async with asgi_client(EventsAPI(), datafile) as client:
+        user = client.create_user_context("user_1")
+        everything = await user.decide_all()
+        assert list(everything) == ["new_checkout"]
+        some = await user.decide_for_keys(["new_checkout", "nope"])
+    assert some["new_checkout"].variation_key == "treatment"
+    assert some["nope"] == optitrack.Decision(None, False, {}, None, "nope", user, ())
+
+
+async def test_unknown_flag(datafile: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        decision = await client.create_user_context("u").decide("nope")
+    assert decision.enabled is False
+    assert decision.variation_key is None
+    assert decision.reasons == ('No flag was found for key "nope".',)
+    assert "No feature flag was found for key 'nope'." in caplog.text
+    assert api.request_count == 0
+
+
+async def test_strict_decisions_raise(datafile: dict[str, Any]) -> None:
+    async with asgi_client(EventsAPI(), datafile, strict=True) as client:
+        with pytest.raises(DecisionError, match="nope"):
+            await client.create_user_context("u").decide("nope")
+        with pytest.raises(DecisionError, match="experiment_key"):
+            await client.activate("", "u")
+        with pytest.raises(DecisionError, match="user_id"):
+            await client.is_feature_enabled("new_checkout", 5)  # type: ignore[arg-type]
+
+
+async def test_invalid_input_is_logged_not_raised(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with asgi_client(EventsAPI(), datafile) as client:
+        assert await client.activate(None, "u") is None  # type: ignore[arg-type]
+        assert await client.activate("checkout_test", 7) is None  # type: ignore[arg-type]
+        assert await client.activate("checkout_test", "u", ["x"]) is None  # type: ignore[arg-type]
+        assert await client.is_feature_enabled("", "u") is False
+        assert client.get_feature_variable("new_checkout", "", "u") is None
+    assert caplog.text.count("invalid format") == 5
+
+
+async def test_decisions_need_a_running_client(datafile: dict[str, Any]) -> None:
+    client = optitrack.Client(datafile)
+    with pytest.raises(ClientStateError):
+        await client.activate("checkout_test", "u")
+    with pytest.raises(ClientStateError):
+        await client.create_user_context("u").decide("new_checkout")
+    assert client.get_variation("checkout_test", "user_1") == "treatment"
+
+
+async def test_forced_decisions(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1", PRO)
+        flag = DecisionContext("new_checkout")
+        rule = DecisionContext("new_checkout", "checkout_test")
+        assert user.set_forced_decision(rule, ForcedDecision("control"))
+        assert user.get_forced_decision(rule) == ForcedDecision("control")
+        by_rule = await user.decide("new_checkout")
+        assert (by_rule.variation_key, by_rule.rule_key) == ("control", "checkout_test")
+        user.set_forced_decision(flag, ForcedDecision("on"))
+        by_flag = await user.decide("new_checkout")
+        assert (by_flag.variation_key, by_flag.enabled, by_flag.rule_key) == ("on", True, None)
+        assert user.remove_forced_decision(flag)
+        assert not user.remove_forced_decision(flag)
+        assert user.remove_all_forced_decisions()
+        assert user.get_forced_decision(rule) is None
+        assert (await user.decide("new_checkout")).variation_key == "treatment"
+    # The rule-level forced decision sends an impression; the flag-level one, with no
+    # rule, does not (as in Optimizely's SDK).
+    assert [(i["rule_key"], i["variation_key"]) for i in impressions(api)] == [
+        ("checkout_test", "control"),
+        ("checkout_test", "treatment"),
+    ]
+
+
+async def test_forced_variations_and_the_whitelist(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert client.set_forced_variation("checkout_test", "user_1", "control")
+        assert client.get_forced_variation("checkout_test", "user_1") == "control"
+        assert await client.activate("checkout_test", "user_1") == "control"
+        assert client.set_forced_variation("checkout_test", "user_1", None)
+        assert client.get_forced_variation("checkout_test", "user_1") is None
+        assert not client.set_forced_variation("checkout_test", "user_1", "nope")
+        assert not client.set_forced_variation("nope", "user_1", "control")
+        # The datafile's whitelist: qa_user_1 always gets treatment, and an impression.
+        assert await client.activate("checkout_test", "qa_user_1") == "treatment"
+    assert [i["variation_key"] for i in impressions(api)] == ["control", "treatment"]
+
+
+async def test_user_profile_service_keeps_bucketing_sticky(datafile: dict[str, Any]) -> None:
+    profiles = InMemoryUserProfileService()
+    api = EventsAPI()
+    async with asgi_client(api, datafile, user_profile_service=profiles) as client:
+        assert await client.activate("checkout_test", "user_1") == "treatment"
+    assert await profiles.lookup("user_1") == {
+        "user_id": "user_1",
+        "experiment_bucket_map": {"40101": {"variation_id": "60102"}},
+    }
+    everyone_to_control = copy.deepcopy(datafile)
+    everyone_to_control["experiments"][0]["trafficAllocation"] = [
+        {"entityId": "60101", "endOfRange": 10000}
+    ]
+    async with asgi_client(api, everyone_to_control, user_profile_service=profiles) as client:
+        assert await client.activate("checkout_test", "user_1") == "treatment"
+        user = client.create_user_context("user_1")
+        assert (await user.decide("new_checkout")).variation_key == "treatment"
+        ignored = await user.decide("new_checkout", ["IGNORE_USER_PROFILE_SERVICE"])
+        assert ignored.variation_key == "control"
+        assert client.get_variation("checkout_test", "user_2") == "control"
+
+
+async def test_a_failing_user_profile_service_does_not_stop_decisions(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        async def lookup(self, user_id: str) -> Mapping[str, Any] | None:
+            raise ConnectionError("profile store down")
+
+        async def save(self, profile: Mapping[str, Any]) -> None:
+            raise ConnectionError("profile store down")
+
+    assert isinstance(Broken(), optitrack.UserProfileService)
+    async with asgi_client(EventsAPI(), datafile, user_profile_service=Broken()) as client:
+        assert await client.activate("checkout_test", "user_1") == "treatment"
+    assert "failed to look up" in caplog.text
+    assert "failed to save" in caplog.text
+
+
+async def test_feature_variables(datafile: dict[str, Any]) -> None:
+    datafile = with_variables(datafile)
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert client.get_feature_variable_string("new_checkout", "title", "user_1") == "Hi"
+        assert client.get_feature_variable_integer("new_checkout", "max_items", "user_1") == 7
+        assert client.get_feature_variable_double("new_checkout", "ratio", "user_1") == 0.5
+        assert client.get_feature_variable_boolean("new_checkout", "express", "user_1") is True
+        assert client.get_feature_variable_json("new_checkout", "config", "user_1") == {
+            "a": 2,
+            "b": [1],
+        }
+        assert client.get_feature_variable("new_checkout", "max_items", "user_0") == 3
+        # The wrong typed getter, an unknown variable or flag: None.
+        assert client.get_feature_variable_integer("new_checkout", "title", "user_1") is None
+        assert client.get_feature_variable("new_checkout", "nope", "user_1") is None
+        assert client.get_feature_variable("nope", "title", "user_1") is None
+        assert client.get_all_feature_variables("new_checkout", "user_0") == {
+            "title": "Hello",
+            "max_items": 3,
+            "ratio": 0.5,
+            "express": False,
+            "config": {"a": 1},
+        }
+        assert client.get_all_feature_variables("nope", "user_0") is None
+    assert api.request_count == 0  # variables never send impressions
+
+
+async def test_decision_notifications(datafile: dict[str, Any]) -> None:
+    seen: list[optitrack.DecisionNotification] = []
+    async with asgi_client(EventsAPI(), datafile) as client:
+        client.notification_center.add_listener(NotificationType.DECISION, seen.append)
+        await client.activate("checkout_test", "user_1")
+        await client.is_feature_enabled("new_checkout", "user_1")
+        await client.create_user_context("user_1").decide("new_checkout")
+        client.get_feature_variable("new_checkout", "x", "user_1")
+    assert [n.type for n in seen] == ["feature-test", "feature", "flag"]
+    assert seen[0].decision_info == {
+        "experiment_key": "checkout_test",
+        "variation_key": "treatment",
+    }
+    assert seen[2].decision_info["decision_event_dispatched"] is True
+    assert seen[2].decision_info["variation_id"] == "60102"
+
+
+async def test_impressions_when_the_queue_is_closed_are_counted(datafile: dict[str, Any]) -> None:
+    async with asgi_client(EventsAPI(), datafile) as client:
+        await client.aclose()
+        assert await client.activate("checkout_test", "user_1") == "treatment"
+        assert client.statistics().refused == {"closed": 1}
+
+
+async def test_qualified_segments(datafile: dict[str, Any]) -> None:
+    datafile["typedAudiences"].append(
+        {
+            "id": "20503",
+            "name": "vip",
+            "conditions": ["and", {"type": "third_party_dimension", "match": "qualified",
+                                   "name": "odp.audiences", "value": "vip"}],
+        }
+    )  # fmt: skip
+    datafile["experiments"][0]["audienceConditions"] = ["or", "20503"]
+    async with asgi_client(EventsAPI(), datafile) as client:
+        user = client.create_user_context("user_1")
+        assert (await user.decide("new_checkout")).rule_key != "checkout_test"
+        user.qualified_segments = ["vip"]
+        assert user.is_qualified_for("vip")
+        assert (await user.decide("new_checkout")).rule_key == "checkout_test"
+
+
+# -- differential: the same calls through optimizely-sdk 5.7.0 ---------------------------
+
+
+class _Recorder:
+    """An optimizely-sdk event dispatcher that keeps what it would send (no network)."""
+
+    def __init__(self) -> None:
+        self.params: list[dict[str, Any]] = []
+
+    def dispatch_event(self, event: Any) -> None:
+        self.params.append(event.params)
+
+
+def _visitors(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for payload in payloads:
+        for visitor in comparable(payload)["visitors"]:
+            out.append(visitor)
+    return out
+
+
+async def test_impressions_match_optimizely_sdk(datafile: dict[str, Any]) -> None:
+    from optimizely import optimizely as optimizely_module
+    from optimizely.logger import NoOpLogger
+
+    rng = random.Random(11)
+    datafile["sendFlagDecisions"] = True
+    recorder = _Recorder()
+    reference = optimizely_module.Optimizely(
+        json.dumps(datafile), event_dispatcher=recorder, logger=NoOpLogger()
+    )
+    calls = []
+    for n in range(150):
+        attributes = {
+            "plan": rng.choice(["pro", "free", None, 3]),
+            "age": rng.choice([17, 18, 40, "x"]),
+            "app_version": rng.choice(["1.9", "2.0.0", "2.1.0-beta", "abc"]),
+        }
+        attributes = {k: v for k, v in attributes.items() if v is not None}
+        calls.append((rng.choice(["activate", "enabled", "decide"]), f"user-{n}", attributes))
+
+    api = EventsAPI()
+    results = []
+    async with asgi_client(api, datafile) as client:
+        for kind, user_id, attributes in calls:
+            if kind == "activate":
+                mine: Any = await client.activate("checkout_test", user_id, attributes)
+                theirs: Any = reference.activate("checkout_test", user_id, attributes)
+            elif kind == "enabled":
+                mine = await client.is_feature_enabled("new_checkout", user_id, attributes)
+                theirs = reference.is_feature_enabled("new_checkout", user_id, attributes)
+            else:
+                decision = await client.create_user_context(user_id, attributes).decide(
+                    "new_checkout"
+                )
+                other = reference.create_user_context(user_id, attributes).decide("new_checkout")
+                mine = (decision.variation_key, decision.enabled, decision.rule_key)
+                theirs = (other.variation_key, other.enabled, other.rule_key)
+            results.append((mine, theirs))
+    reference.close()
+    assert [m for m, _ in results] == [t for _, t in results]
+    mine_visitors = _visitors([r.json() for r in api.requests])
+    assert len(mine_visitors) == len(recorder.params) > 50
+    assert mine_visitors == _visitors(recorder.params)
+
+
+async def test_decide_is_quiet_about_logging(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="optitrack")
+    async with asgi_client(EventsAPI(), datafile) as client:
+        await client.create_user_context("user_1").decide("new_checkout")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

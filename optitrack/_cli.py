@@ -28,7 +28,12 @@ def example_datafile() -> dict[str, Any]:
 
 
 async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> int:
-    """Track conversions through the real client to the stand-in, over loopback HTTP.
+    """Decide a flag for many users, then track their conversions, over loopback HTTP.
+
+    Every user gets ``decide("new_checkout")`` (an impression), then ``events``
+    conversions are tracked for random users, the treatment converting a little more
+    often. Everything goes through the real client to the Events API stand-in, which
+    then reports what it received, per variation.
 
     Args:
         users: How many users.
@@ -37,7 +42,7 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
         out: Where to print.
 
     Returns:
-        The exit status: 0 when every event arrived once.
+        The exit status: 0 when every event arrived exactly once.
     """
     from .testing import EventsAPI, serve
 
@@ -54,18 +59,23 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
         started = time.perf_counter()
         caller: list[float] = []
         async with Client(datafile, event_endpoint=server.url, batch_size=batch_size) as client:
-            for n in range(events):
-                user_id = f"user-{n % users}"
-                attributes: dict[str, object] = {"plan": plans[n % 3], "age": 18 + n % 50}
-                tags: dict[str, object]
-                if n % 4:
+            contexts = [
+                client.create_user_context(f"user-{n}", {"plan": plans[n % 3], "age": 18 + n % 50})
+                for n in range(users)
+            ]
+            enabled = [(await user.decide("new_checkout")).enabled for user in contexts]
+            decided = time.perf_counter() - started
+            tags: dict[str, object]
+            for _ in range(events):
+                n = rng.randrange(users)
+                if rng.random() < (0.6 if enabled[n] else 0.5):
                     key, tags = "purchase", {"revenue": rng.randrange(100, 10_000)}
                 else:
                     key, tags = "signup", {"source": "demo"}
                 t0 = time.perf_counter()
-                await client.track(key, user_id, attributes, tags)
+                await contexts[n].track_event(key, tags)
                 caller.append(time.perf_counter() - t0)
-            tracked = time.perf_counter() - started
+            tracked = time.perf_counter() - started - decided
             drain_started = time.perf_counter()
         drained = time.perf_counter() - drain_started
         elapsed = time.perf_counter() - started
@@ -73,7 +83,8 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
         stats = api.statistics()
 
     caller.sort()
-    say(f"  tracked {events:,} conversions for {users:,} users in {tracked:.3f} s")
+    say(f"  decided new_checkout for {users:,} users in {decided:.3f} s (one impression each)")
+    say(f"  tracked {events:,} conversions in {tracked:.3f} s")
     say(
         f"  caller time of await track(): median {statistics.median(caller) * 1e6:.1f} us,"
         f" p99 {caller[int(len(caller) * 0.99)] * 1e6:.1f} us"
@@ -85,16 +96,26 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
     say(f"  requests     {stats.requests:,} ({stats.batches:,} batches accepted)")
     per_event = stats.bytes_received / max(stats.events, 1)
     say(f"  bytes        {stats.bytes_received:,} ({per_event:.0f} per event)")
+    say(f"  impressions  {stats.impressions:,}")
     for key, count in sorted(stats.conversions_by_event.items()):
         say(f"  {key:<12} {count:,} conversions")
     say(f"  revenue      {stats.revenue:,} (minor units)")
-    say(f"  throughput   {stats.events / elapsed:,.0f} events/s, track to delivered")
+    say(f"  throughput   {stats.events / elapsed:,.0f} events/s, first call to delivered")
+    say("")
+    say("Results per variation (conversions count after the user's first impression)")
+    say(f"  {'rule':<24} {'variation':<10} {'visitors':>8} {'purchases':>10} {'revenue':>12}")
+    for arm in stats.variations:
+        say(
+            f"  {arm.experiment:<24} {arm.variation:<10} {arm.visitors:>8,}"
+            f" {arm.conversions.get('purchase', 0):>10,} {arm.revenue:>12,}"
+        )
     say("")
     say(
         f"Ledger: accepted {ledger.accepted:,} = delivered {ledger.delivered:,}"
         f" + dropped {ledger.dropped_total:,} + pending {ledger.pending:,}"
     )
-    ok = stats.events == events and stats.duplicates == 0 and ledger.delivered == events
+    expected = users + events
+    ok = stats.events == expected and stats.duplicates == 0 and ledger.delivered == expected
     say("OK" if ok else "MISMATCH: not every event arrived exactly once")
     return 0 if ok else 1
 

@@ -746,12 +746,13 @@ class Client:
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys`` (``None`` for every flag of the datafile)."""
         self._require_started("decide")
-        try:
-            chosen = self.default_decide_options.union(DecideOption(o) for o in options or ())
-        except ValueError as exc:
-            self._invalid_decision(f"Invalid decide option: {exc}")
-            chosen = self.default_decide_options
-        if single:
+        chosen = self.default_decide_options
+        if options:
+            try:
+                chosen = chosen.union([DecideOption(o) for o in options])
+            except ValueError as exc:
+                self._invalid_decision(f"Invalid decide option: {exc}")
+        if single and DecideOption.ENABLED_FLAGS_ONLY in chosen:
             chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
         flags = self._config.flags_by_key
         wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys

@@ -299,6 +299,10 @@ class EventFactory:
         }
         # attribute key -> '{"entity_id":..,"key":..,"type":"custom","value":' or None
         self._attribute_heads: dict[str, str | None] = {}
+        self._impression_fragments: dict[
+            tuple[str, int, int, str, bool],
+            tuple[Experiment | Holdout | None, Variation | None, str],
+        ] = {}
         if config.bot_filtering is None:
             self._bot_filtering = ""
         else:
@@ -306,6 +310,45 @@ class EventFactory:
                 '{"entity_id":"$opt_bot_filtering","key":"$opt_bot_filtering",'
                 '"type":"custom","value":%s}' % ("true" if config.bot_filtering else "false")
             )
+
+    def _impression_fragment(
+        self,
+        flag_key: str,
+        rule: Experiment | Holdout | None,
+        variation: Variation | None,
+        rule_type: str,
+        enabled: bool,
+    ) -> str:
+        # Everything of an impression but the visitor, the timestamp and the uuid: the
+        # same for every user who gets this decision, so it is built once.
+        experiment_id = rule.id if rule is not None else ""
+        # Only an experiment's layer is its campaign; a holdout's campaign is itself.
+        layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
+        campaign_id = layer_id or experiment_id
+        variation_id = variation.id if variation is not None else ""
+        fragment = (
+            '"snapshots":[{"decisions":[{"campaign_id":%s,"experiment_id":%s,'
+            '"variation_id":%s,"metadata":{"flag_key":%s,"rule_key":%s,"rule_type":%s,'
+            '"variation_key":%s,"enabled":%s}}],"events":[{"entity_id":%s,'
+            '"key":"campaign_activated"'
+            % (
+                _json_str(campaign_id),
+                _json_str(experiment_id),
+                _json_str(variation_id)
+                if variation_id.isascii() and variation_id.isdigit()
+                else "null",
+                _json_str(flag_key),
+                _json_str(rule.key if rule is not None else ""),
+                _json_str(rule_type),
+                _json_str(variation.key if variation is not None else ""),
+                "true" if enabled else "false",
+                _json_str(campaign_id),
+            )
+        )
+        if len(self._impression_fragments) < 10_000:  # bounded: flag keys may be anything
+            key = (flag_key, id(rule), id(variation), rule_type, enabled)
+            self._impression_fragments[key] = (rule, variation, fragment)
+        return fragment
 
     def _attribute_head(self, key: str) -> str | None:
         entity_id = self.config.attribute_entity_id(key)
@@ -420,37 +463,20 @@ class EventFactory:
         Returns:
             The visitor as JSON bytes.
         """
-        experiment_id = rule.id if rule is not None else ""
-        # Only an experiment's layer is its campaign; a holdout's campaign is itself.
-        layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
-        campaign_id = layer_id or experiment_id
-        variation_id = variation.id if variation is not None else ""
-        decision = (
-            '{"campaign_id":%s,"experiment_id":%s,"variation_id":%s,"metadata":'
-            '{"flag_key":%s,"rule_key":%s,"rule_type":%s,"variation_key":%s,"enabled":%s}}'
-            % (
-                _json_str(campaign_id),
-                _json_str(experiment_id),
-                _json_str(variation_id)
-                if variation_id.isascii() and variation_id.isdigit()
-                else "null",
-                _json_str(flag_key),
-                _json_str(rule.key if rule is not None else ""),
-                _json_str(rule_type),
-                _json_str(variation.key if variation is not None else ""),
-                "true" if enabled else "false",
-            )
+        # By identity: entities are frozen pydantic models, slow to hash by value. The
+        # cache holds them, so their ids cannot be reused while they are keys.
+        cached = self._impression_fragments.get(
+            (flag_key, id(rule), id(variation), rule_type, enabled)
         )
-        text = (
-            '{"visitor_id":%s,"attributes":%s,"snapshots":[{"decisions":[%s],"events":[{'
-            '"entity_id":%s,"key":"campaign_activated","timestamp":%d,"uuid":"%s"}]}]}'
-            % (
-                _json_str(user_id),
-                self.attributes_json(attributes),
-                decision,
-                _json_str(campaign_id),
-                int(time.time() * 1000),
-                new_uuid(),
-            )
+        if cached is not None and cached[0] is rule and cached[1] is variation:
+            fragment = cached[2]
+        else:
+            fragment = self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
+        text = '{"visitor_id":%s,"attributes":%s,%s,"timestamp":%d,"uuid":"%s"}]}]}' % (
+            _json_str(user_id),
+            self.attributes_json(attributes),
+            fragment,
+            int(time.time() * 1000),
+            new_uuid(),
         )
         return text.encode("ascii")

@@ -15,8 +15,10 @@ def test_demo_delivers_everything(backend: str, capsys: pytest.CaptureFixture[st
     status = main(["--backend", backend, "demo", "--events", "600", "--users", "50"])
     out = capsys.readouterr().out
     assert status == 0
-    assert "events       600 (0 duplicate uuids)" in out
-    assert "Ledger: accepted 600 = delivered 600 + dropped 0 + pending 0" in out
+    assert "events       650 (0 duplicate uuids)" in out  # 50 impressions, 600 conversions
+    assert "impressions  50" in out
+    assert "checkout_test" in out  # the results per variation
+    assert "Ledger: accepted 650 = delivered 650 + dropped 0 + pending 0" in out
     assert out.rstrip().endswith("OK")
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import optitrack
-from optitrack.testing import EventsAPI
+from optitrack.testing import ASGIApp
 
 SHARED_FIXTURES = Path(__file__).parent / "fixtures"
 EVENTS_URL = "http://events.test/v1/events"
@@ -42,10 +42,10 @@ def datafile() -> dict[str, Any]:
 
 @asynccontextmanager
 async def asgi_client(
-    api: EventsAPI, datafile: Mapping[str, Any], **options: Any
+    app: ASGIApp, datafile: Mapping[str, Any], **options: Any
 ) -> AsyncIterator[optitrack.Client]:
-    """A running client whose requests go in-process to ``api`` (no sockets)."""
-    transport = httpx.ASGITransport(app=api)
+    """A running client whose requests go in-process to ``app`` (no sockets)."""
+    transport = httpx.ASGITransport(app=app)
     async with (
         httpx.AsyncClient(transport=transport) as http,
         optitrack.Client(

@@ -274,18 +274,14 @@ async def test_the_circuit_breaker_probes_one_request_at_a_time(
     policy = RetryPolicy(
         attempts=10_000, wait_initial=0.001, wait_max=0.005, timeout=60, breaker_threshold=3
     )
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            retry=policy,
-            batch_size=10,
-            max_in_flight=4,
-            flush_interval=0.001,
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        retry=policy,
+        batch_size=10,
+        max_in_flight=4,
+        flush_interval=0.001,
+    ) as client:
         for n in range(200):
             await client.track("purchase", f"u{n}")
         with anyio.fail_after(10):
@@ -487,18 +483,14 @@ async def test_the_ledger_holds_under_random_faults(datafile: dict[str, Any], se
 async def test_drop_newest_refuses_when_full(datafile: dict[str, Any]) -> None:
     api = EventsAPI()
     gate = Gate(api)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            batch_size=5,
-            max_queue_size=10,
-            max_in_flight=1,
-            flush_interval=60,
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        batch_size=5,
+        max_queue_size=10,
+        max_in_flight=1,
+        flush_interval=60,
+    ) as client:
         results = [await client.track("purchase", f"u{n}") for n in range(5)]
         await anyio.wait_all_tasks_blocked()  # the first batch is in flight, held
         results += [await client.track("purchase", f"u{n}") for n in range(5, 20)]
@@ -513,19 +505,15 @@ async def test_drop_newest_refuses_when_full(datafile: dict[str, Any]) -> None:
 async def test_drop_oldest_evicts_the_oldest(datafile: dict[str, Any]) -> None:
     api = EventsAPI()
     gate = Gate(api)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            batch_size=5,
-            max_queue_size=10,
-            max_in_flight=1,
-            flush_interval=60,
-            overflow="drop_oldest",
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        batch_size=5,
+        max_queue_size=10,
+        max_in_flight=1,
+        flush_interval=60,
+        overflow="drop_oldest",
+    ) as client:
         results = [await client.track("purchase", f"u{n}") for n in range(5)]
         await anyio.wait_all_tasks_blocked()  # the first batch is in flight, held
         results += [await client.track("purchase", f"u{n}") for n in range(5, 20)]
@@ -541,20 +529,16 @@ async def test_drop_oldest_evicts_the_oldest(datafile: dict[str, Any]) -> None:
 async def test_block_waits_for_room(datafile: dict[str, Any]) -> None:
     api = EventsAPI()
     gate = Gate(api)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            batch_size=5,
-            max_queue_size=5,
-            max_in_flight=1,
-            flush_interval=60,
-            overflow="block",
-            overflow_timeout=30,
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        batch_size=5,
+        max_queue_size=5,
+        max_in_flight=1,
+        flush_interval=60,
+        overflow="block",
+        overflow_timeout=30,
+    ) as client:
         for n in range(5):
             assert await client.track("purchase", f"u{n}")
         await anyio.wait_all_tasks_blocked()  # the first batch is in flight, held
@@ -576,21 +560,17 @@ async def test_block_waits_for_room(datafile: dict[str, Any]) -> None:
 
 async def test_block_gives_up_after_the_timeout(datafile: dict[str, Any]) -> None:
     gate = Gate(EventsAPI())
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            batch_size=1,
-            max_queue_size=1,
-            max_in_flight=1,
-            flush_interval=60,
-            overflow="block",
-            overflow_timeout=0.05,
-            close_timeout=0.1,
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        batch_size=1,
+        max_queue_size=1,
+        max_in_flight=1,
+        flush_interval=60,
+        overflow="block",
+        overflow_timeout=0.05,
+        close_timeout=0.1,
+    ) as client:
         assert await client.track("purchase", "a")
         await anyio.wait_all_tasks_blocked()
         assert await client.track("purchase", "b")
@@ -601,18 +581,14 @@ async def test_block_gives_up_after_the_timeout(datafile: dict[str, Any]) -> Non
 
 async def test_the_queue_is_bounded_in_bytes(datafile: dict[str, Any]) -> None:
     gate = Gate(EventsAPI())
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        optitrack.Client(
-            datafile,
-            event_endpoint=EVENTS_URL,
-            http_client=http,
-            max_queue_bytes=5_000,
-            max_event_bytes=2_000,
-            flush_interval=60,
-            close_timeout=0.1,
-        ) as client,
-    ):
+    async with asgi_client(
+        gate,
+        datafile,
+        max_queue_bytes=5_000,
+        max_event_bytes=2_000,
+        flush_interval=60,
+        close_timeout=0.1,
+    ) as client:
         results = [
             await client.track("purchase", f"u{n}", None, {"pad": "x" * 900}) for n in range(10)
         ]

@@ -66,6 +66,9 @@ from _bench import (
 import optitrack
 
 BACKENDS = ("asyncio", "trio")
+PEER_DEFAULTS = "defaults (batch 1)       "
+PEER_BATCH100 = "batch_size=100           "
+PEER_BATCH100_COUNTED = "batch_size=100, counting "
 
 
 @dataclass(frozen=True)
@@ -571,8 +574,8 @@ def section_wire(collector: Collector, throughput: list[Throughput], memory: Mem
     print()
 
 
-def section_peer(collector: Collector, sizes: Sizes) -> dict[str, PeerRun]:
-    """7. optimizely-sdk, with its defaults and with batch_size=100."""
+def section_peer(collector: Collector, counting: Collector, sizes: Sizes) -> dict[str, PeerRun]:
+    """7. optimizely-sdk, with its defaults and with batch_size=100 (to both collectors)."""
     print("## 7. optimizely-sdk in the same run")
     peer_version = optimizely_installed()
     peer: dict[str, PeerRun] = {}
@@ -585,14 +588,15 @@ def section_peer(collector: Collector, sizes: Sizes) -> dict[str, PeerRun]:
         "code (requests, a new Session per batch) posting to the collector; queue "
         "sized to hold every event"
     )
-    for label, batch_size, events in (
-        ("defaults (batch 1)", None, sizes.opt_events_batch1),
-        ("batch_size=100", 100, sizes.opt_events_batch100),
+    for label, target, batch_size, events in (
+        (PEER_DEFAULTS, collector, None, sizes.opt_events_batch1),
+        (PEER_BATCH100, collector, 100, sizes.opt_events_batch100),
+        (PEER_BATCH100_COUNTED, counting, 100, sizes.opt_events_batch100),
     ):
-        runs = [optimizely_run(collector, events, batch_size) for _ in range(sizes.opt_runs)]
+        runs = [optimizely_run(target, events, batch_size) for _ in range(sizes.opt_runs)]
         for run in runs:
-            print(f"  {label:<18} caller: {run.caller.line()}")
-            print(f"  {label:<18} {run.throughput.line()}")
+            print(f"  {label} caller: {run.caller.line()}")
+            print(f"  {label} {run.throughput.line()}")
         by_speed = sorted(runs, key=lambda r: r.throughput.events_per_s)
         peer[label] = PeerRun(
             caller=CallerTime.combine([r.caller for r in runs]),
@@ -614,8 +618,9 @@ def main(argv: list[str]) -> None:
     print(f"timer overhead (two perf_counter_ns calls, median): {timer_overhead_ns():.0f} ns")
     print()
 
-    with Collector() as collector:
+    with Collector() as collector, Collector(count_only=True) as counting:
         print(f"collector: pid {collector.pid}, {collector.url} (separate process)")
+        print(f"counting collector: pid {counting.pid}, {counting.url} (separate process)")
         print()
         caller = section_caller(collector, sizes)
 
@@ -623,15 +628,14 @@ def main(argv: list[str]) -> None:
         throughput = section_throughput(collector, sizes, THROUGHPUT_OPTIONS)
         print("## 2b. the same, to a collector that counts instead of parsing (client-bound)")
         print("(duplicates are invisible to it: no retries means none were sent)")
-        with Collector(count_only=True) as counting:
-            counted = section_throughput(counting, sizes, THROUGHPUT_OPTIONS)
-            print("## 2c. the same, with batch_size=2000 (a quarter of the requests)")
-            tuned = section_throughput(counting, sizes, THROUGHPUT_TUNED)
+        counted = section_throughput(counting, sizes, THROUGHPUT_OPTIONS)
+        print("## 2c. the same, with batch_size=2000 (a quarter of the requests)")
+        tuned = section_throughput(counting, sizes, THROUGHPUT_TUNED)
 
         memory = section_memory(collector, sizes)
         drain = section_drain(collector, sizes)
         section_wire(collector, throughput["asyncio"], memory)
-        peer = section_peer(collector, sizes)
+        peer = section_peer(collector, counting, sizes)
 
     summarize(caller, throughput, counted, tuned, memory, drain, peer, sizes)
     print()
@@ -657,8 +661,17 @@ def summarize(
     cpu_tuned = {b: median([r.cpu_us_per_event for r in tuned[b]]) for b in BACKENDS}
     drained = {b: median(drain[b]) for b in BACKENDS}
     overhead = memory.per_event - memory.serialized_per_event
-    peer100 = peer.get("batch_size=100")
+    peer100 = peer.get(PEER_BATCH100)
+    peer100c = peer.get(PEER_BATCH100_COUNTED)
     ratio = eps["asyncio"] / peer100.throughput.events_per_s if peer100 else None
+    ratio_counted = eps_counted["asyncio"] / peer100c.throughput.events_per_s if peer100c else None
+    ratio_tuned = eps_tuned["asyncio"] / peer100c.throughput.events_per_s if peer100c else None
+
+    def times(value: float | None) -> str:
+        return f"{value:.1f}x" if value is not None else "skipped"
+
+    def fifteen(value: float | None) -> str:
+        return verdict(value >= 15) if value is not None else "-"
 
     def both(fmt: str, values: dict[str, float]) -> str:
         return " / ".join(fmt.format(values[b]) for b in BACKENDS)
@@ -696,10 +709,22 @@ def summarize(
             verdict(all(v >= 150_000 for v in eps_tuned.values())),
         ],
         [
-            "  vs optimizely-sdk batch 100",
-            f"{ratio:.1f}x" if ratio is not None else "skipped",
+            "  vs optimizely-sdk batch 100 (asyncio)",
+            times(ratio),
             ">= 15x",
-            verdict(ratio >= 15) if ratio is not None else "-",
+            fifteen(ratio),
+        ],
+        [
+            "  same, both to the counting collector",
+            times(ratio_counted),
+            ">= 15x",
+            fifteen(ratio_counted),
+        ],
+        [
+            "  same, optitrack at batch_size=2000",
+            times(ratio_tuned),
+            ">= 15x",
+            fifteen(ratio_tuned),
         ],
         [
             "process CPU per delivered event",
@@ -745,11 +770,11 @@ def summarize(
     if not peer:
         return
     base = caller["asyncio"]
-    rows = [["optimizely-sdk 5.7.0", "median", "p99", "mean", "events/s", "CPU/event"]]
+    rows = [["asyncio", "median", "p99", "mean", "events/s", "CPU/event"]]
     for label, run in peer.items():
         rows.append(
             [
-                label,
+                f"optimizely-sdk, {label.strip()}",
                 f"{run.caller.median:.2f} us",
                 f"{run.caller.p99:.1f} us",
                 f"{run.caller.mean:.1f} us",
@@ -757,25 +782,33 @@ def summarize(
                 f"{run.throughput.cpu_us_per_event:.1f} us",
             ]
         )
-    rows.append(
-        [
-            "optitrack (asyncio)",
-            f"{base.median:.2f} us",
-            f"{base.p99:.1f} us",
-            f"{base.mean:.1f} us",
-            f"{eps['asyncio']:,.0f}",
-            f"{cpu['asyncio']:.1f} us",
-        ]
-    )
+    for label, events_per_s, cpu_per_event in (
+        ("optitrack", eps["asyncio"], cpu["asyncio"]),
+        ("optitrack, counting", eps_counted["asyncio"], cpu_counted["asyncio"]),
+        ("optitrack, batch 2000, counting", eps_tuned["asyncio"], cpu_tuned["asyncio"]),
+    ):
+        rows.append(
+            [
+                label,
+                f"{base.median:.2f} us",
+                f"{base.p99:.1f} us",
+                f"{base.mean:.1f} us",
+                f"{events_per_s:,.0f}",
+                f"{cpu_per_event:.1f} us",
+            ]
+        )
     print(table(rows))
     print()
     for label, run in peer.items():
+        counting = label == PEER_BATCH100_COUNTED
+        mine_eps = eps_counted["asyncio"] if counting else eps["asyncio"]
+        mine_cpu = cpu_counted["asyncio"] if counting else cpu["asyncio"]
         print(
-            f"optitrack (asyncio) vs optimizely-sdk {label}: caller time median "
+            f"optitrack vs optimizely-sdk {label.strip()} (asyncio): caller time median "
             f"{run.caller.median / base.median:.1f}x lower, p99 {run.caller.p99 / base.p99:.1f}x "
             f"lower, mean {run.caller.mean / base.mean:.1f}x lower; delivered events/s "
-            f"{eps['asyncio'] / run.throughput.events_per_s:.1f}x higher; CPU per event "
-            f"{run.throughput.cpu_us_per_event / cpu['asyncio']:.1f}x lower"
+            f"{mine_eps / run.throughput.events_per_s:.1f}x higher; CPU per event "
+            f"{run.throughput.cpu_us_per_event / mine_cpu:.1f}x lower"
         )
 
 

@@ -169,10 +169,10 @@ def section_close(collector: Collector, sizes: Sizes) -> dict[str, float]:
             url = collector.url
             collector.command(f"fail_all {fault}")
         for backend in BACKENDS:
-            runs = [
-                anyio.run(close_under_fault, url, backend=backend) for _ in range(sizes.close_runs)
-            ]
-            for run in runs:
+            runs = []
+            for _ in range(sizes.close_runs):
+                run = anyio.run(close_under_fault, url, backend=backend)
+                runs.append(run)
                 print(
                     f"  {fault:<7} {backend:<7} aclose {run.seconds:.3f} s (out of the block "
                     f"{run.exit_seconds:.3f} s); accepted {run.accepted}, delivered "

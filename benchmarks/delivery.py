@@ -14,14 +14,14 @@ What it measures:
 2. outage recovery: the endpoint answers 503 for a few seconds while the application
    tracks 10k events/s; then it heals. The time from the heal to every event delivered
    (``flush()`` returning complete), checked against the collector's count and
-   duplicates;
+   duplicates; with the default retry policy, then (full run) with ``wait_max=1.0``;
 3. one poison event in a 500-event batch: the stand-in answers 400 to any body that
    holds it. Events delivered, dropped (with the reason) and requests used, for the
    poison first, in the middle and last.
 
 Run it from the repository root::
 
-    python benchmarks/delivery.py           # the full run, about 1 minute
+    python benchmarks/delivery.py           # the full run, under 2 minutes
     python benchmarks/delivery.py --quick   # fewer runs and a shorter outage, under 20 s
 """
 
@@ -55,6 +55,8 @@ BACKENDS = ("asyncio", "trio")
 CLOSE_TIMEOUT = 2.0
 CLOSE_EVENTS = 1000
 BATCH = 500
+#: A retry policy whose waits stop growing at 1 s, to compare recoveries with.
+CAPPED = optitrack.RetryPolicy(wait_max=1.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Sizes:
     outage_seconds: float
     rate: int
     poison_positions: tuple[int, ...]
+    capped_outage: bool
 
 
 FULL = Sizes(
@@ -76,6 +79,7 @@ FULL = Sizes(
     outage_seconds=3.0,
     rate=10_000,
     poison_positions=(0, 250, 499),
+    capped_outage=True,
 )
 QUICK = Sizes(
     close_runs=1,
@@ -84,6 +88,7 @@ QUICK = Sizes(
     outage_seconds=1.0,
     rate=10_000,
     poison_positions=(250,),
+    capped_outage=False,
 )
 
 
@@ -205,10 +210,12 @@ class OutageRun:
     retries: int
 
 
-async def outage(collector: Collector, seconds: float, rate: int) -> OutageRun:
+async def outage(
+    collector: Collector, seconds: float, rate: int, retry: optitrack.RetryPolicy | None
+) -> OutageRun:
     """Track at ``rate`` events/s while the endpoint answers 503, heal, time the recovery."""
     collector.command("fail_all 503")
-    client = optitrack.Client(datafile_text(), event_endpoint=collector.url)
+    client = optitrack.Client(datafile_text(), event_endpoint=collector.url, retry=retry)
     burst = rate // 100  # every 10 ms
     tracked = 0
     async with client:
@@ -236,17 +243,21 @@ async def outage(collector: Collector, seconds: float, rate: int) -> OutageRun:
     )
 
 
-def section_outage(collector: Collector, sizes: Sizes) -> list[float]:
+def section_outage(
+    collector: Collector, sizes: Sizes, retry: optitrack.RetryPolicy | None
+) -> list[float]:
     """2. Outage recovery: time from the heal to everything delivered."""
     print(
         f"## 2. outage recovery: 503 for {sizes.outage_seconds:g} s while tracking "
-        f"{sizes.rate:,} events/s, then healed (default retry policy: full jitter)"
+        f"{sizes.rate:,} events/s, then healed; {retry or 'the default RetryPolicy()'}"
     )
     recoveries: list[float] = []
     for backend in BACKENDS:
         for _ in range(sizes.outage_runs):
             before = collector.stats()
-            run = anyio.run(outage, collector, sizes.outage_seconds, sizes.rate, backend=backend)
+            run = anyio.run(
+                outage, collector, sizes.outage_seconds, sizes.rate, retry, backend=backend
+            )
             after = collector.stats()
             received = delta(after, before, "events")
             duplicates = delta(after, before, "duplicates")
@@ -341,7 +352,9 @@ def main(argv: list[str]) -> None:
         print(f"collector: pid {collector.pid}, {collector.url} (separate process)")
         print()
         worst = section_close(collector, sizes)
-        recoveries = section_outage(collector, sizes)
+        recoveries = section_outage(collector, sizes, None)
+        # The wait before a retry grows to wait_max (10 s): capping it bounds the recovery.
+        capped = section_outage(collector, sizes, CAPPED) if sizes.capped_outage else []
         poisons = section_poison(collector, sizes)
 
     limit = CLOSE_TIMEOUT + 0.1
@@ -363,6 +376,15 @@ def main(argv: list[str]) -> None:
             "-",
         ]
     )
+    if capped:
+        rows.append(
+            [
+                f"  same, RetryPolicy(wait_max={CAPPED.wait_max:g})",
+                f"median {median(capped):.2f} s, max {max(capped):.2f} s",
+                "-",
+                "-",
+            ]
+        )
     ok = all(
         r.delivered == r.received == BATCH - 1 and r.dropped == {"http_400": 1} for r in poisons
     )

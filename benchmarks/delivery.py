@@ -243,15 +243,32 @@ async def outage(
     )
 
 
+@dataclass(frozen=True)
+class Outages:
+    """Repeated outages with one retry policy."""
+
+    recoveries: list[float]
+    tracked: int
+    dropped: int
+
+    def line(self) -> str:
+        """The figures, in a summary cell."""
+        lost = (
+            f"{self.dropped:,} of {self.tracked:,} events dropped" if self.dropped else "none lost"
+        )
+        return f"median {median(self.recoveries):.2f} s, max {max(self.recoveries):.2f} s; {lost}"
+
+
 def section_outage(
     collector: Collector, sizes: Sizes, retry: optitrack.RetryPolicy | None
-) -> list[float]:
-    """2. Outage recovery: time from the heal to everything delivered."""
+) -> Outages:
+    """2. Outage recovery: time from the heal to everything delivered (or given up on)."""
     print(
         f"## 2. outage recovery: 503 for {sizes.outage_seconds:g} s while tracking "
         f"{sizes.rate:,} events/s, then healed; {retry or 'the default RetryPolicy()'}"
     )
     recoveries: list[float] = []
+    tracked = dropped = 0
     for backend in BACKENDS:
         for _ in range(sizes.outage_runs):
             before = collector.stats()
@@ -263,19 +280,21 @@ def section_outage(
             duplicates = delta(after, before, "duplicates")
             ok = run.complete and received == run.tracked == run.delivered and not duplicates
             print(
-                f"  {backend:<7} heal -> all delivered in {run.recovery:.3f} s; tracked "
+                f"  {backend:<7} heal -> flush() returned in {run.recovery:.3f} s; tracked "
                 f"{run.tracked:,}, delivered {run.delivered:,}, received {received:,}, "
                 f"{duplicates} duplicates, dropped {run.dropped} "
-                f"({'ok' if ok else 'MISMATCH'}); {run.requests} requests, {run.retries} "
-                f"retries; logged: {LOGS.take()}"
+                f"({'all delivered' if ok else 'NOT all delivered'}); {run.requests} "
+                f"requests, {run.retries} retries; logged: {LOGS.take()}"
             )
             recoveries.append(run.recovery)
+            tracked += run.tracked
+            dropped += sum(run.dropped.values())
     print(
         f"  median {median(recoveries):.3f} s of {spread(recoveries, '{:.3f}')}, "
         f"max {max(recoveries):.3f} s"
     )
     print()
-    return recoveries
+    return Outages(recoveries, tracked, dropped)
 
 
 # 3. A poison event ----------------------------------------------------------------------
@@ -354,7 +373,7 @@ def main(argv: list[str]) -> None:
         worst = section_close(collector, sizes)
         recoveries = section_outage(collector, sizes, None)
         # The wait before a retry grows to wait_max (10 s): capping it bounds the recovery.
-        capped = section_outage(collector, sizes, CAPPED) if sizes.capped_outage else []
+        capped = section_outage(collector, sizes, CAPPED) if sizes.capped_outage else None
         poisons = section_poison(collector, sizes)
 
     limit = CLOSE_TIMEOUT + 0.1
@@ -371,7 +390,7 @@ def main(argv: list[str]) -> None:
     rows.append(
         [
             f"outage recovery after {sizes.outage_seconds:g} s of 503",
-            f"median {median(recoveries):.2f} s, max {max(recoveries):.2f} s",
+            recoveries.line(),
             "-",
             "-",
         ]
@@ -380,7 +399,7 @@ def main(argv: list[str]) -> None:
         rows.append(
             [
                 f"  same, RetryPolicy(wait_max={CAPPED.wait_max:g})",
-                f"median {median(capped):.2f} s, max {max(capped):.2f} s",
+                capped.line(),
                 "-",
                 "-",
             ]

@@ -259,6 +259,8 @@ class BatchProcessor:
         if segments and (segments[-1].ctx is ctx or segments[-1].ctx == ctx):
             segment = segments[-1]
         else:
+            if segments and not segments[-1].items:
+                segments.pop()  # the empty one kept for reuse: never leave it at the head
             segment = _Segment(ctx)
             segments.append(segment)
         segment.items.append(data)

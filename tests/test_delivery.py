@@ -658,6 +658,24 @@ async def test_contexts_are_never_mixed(datafile: dict[str, Any]) -> None:
     ]
 
 
+async def test_a_new_context_after_an_empty_queue(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    us = _context("http://us.test/v1/events")
+    eu = _context("http://eu.test/v1/events")
+    processor = BatchProcessor(BatchOptions(flush_interval=60), NotificationCenter())
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(processor.run, http)
+        for n, ctx in enumerate([us, eu, us]):
+            assert processor.put_nowait(ctx, _visitor(f"u{n}")) is None
+            assert (await processor.flush()).complete  # the queue is empty after each
+        processor.close()
+    assert [r.headers["host"] for r in api.requests] == ["us.test", "eu.test", "us.test"]
+    assert all(r.status == 204 for r in api.requests)
+
+
 async def test_a_raising_listener_never_stops_delivery(
     datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,7 +10,11 @@ Not a benchmark of targets but the diagnosis behind them (docs/benchmarks.md quo
    internal time (cProfile inflates Python-level calls; read it for the ranking);
 3. delivery cost in the client: drain queued events to the counting collector with
    batch sizes 100, 500 and 2000, client CPU per event, fitted as a fixed cost per request
-   plus a cost per event; then cProfile of a drain, the top entries.
+   plus a cost per event; then cProfile of a drain, the top entries;
+4. the client CPU of a bare ``httpx.AsyncClient.post`` of a tiny body, on asyncio and
+   Trio: the HTTP client's own share of the cost per request;
+5. the awaited track calls that yield to the worker (one per ``batch_size``), timed apart
+   from the others: they carry the p99.9 of the caller time.
 
 It reaches into private modules (``optitrack._events``) to time the pieces. The stand-in
 runs in a separate process (``_collector.py --count-only``) on 127.0.0.1.
@@ -35,6 +39,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
+import httpx
 from _bench import (
     EVENT_KEY,
     USERS,
@@ -284,6 +289,64 @@ def delivery_cost(url: str, events: int, repeats: int) -> tuple[list[list[str]],
     return rows, top(profile, 18)
 
 
+# 4. A bare httpx request -----------------------------------------------------------------
+
+
+async def bare_post_cpu(url: str, requests: int) -> float:
+    """Client CPU per ``httpx.AsyncClient.post`` of a tiny body, in microseconds."""
+    body = b'{"visitors":[]}'
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient() as http:
+        for _ in range(50):  # a connection, warm code paths
+            await http.post(url, content=body, headers=headers)
+        cpu0 = time.process_time()
+        for _ in range(requests):
+            await http.post(url, content=body, headers=headers)
+        return (time.process_time() - cpu0) / requests * 1e6
+
+
+# 5. The calls that yield -----------------------------------------------------------------
+
+
+async def checkpoint_calls(url: str, calls: int) -> list[str]:
+    """Time each awaited track call, and tell apart those that yielded to the worker.
+
+    ``track`` yields after an enqueue that leaves a multiple of ``batch_size`` queued; in
+    that checkpoint the worker forms the batch and starts its request.
+    """
+    users = USERS
+    n = len(users)
+    samples = [0] * calls
+    yielded = [False] * calls
+    clock = time.perf_counter_ns
+    async with optitrack.Client(
+        datafile_text(),
+        event_endpoint=url,
+        max_queue_size=1_000_000,
+        max_queue_bytes=1_000_000_000,
+        close_timeout=60.0,
+    ) as client:
+        processor = client._processor
+        track = client.track
+        for i in range(10_000):
+            await track(EVENT_KEY, users[i % n], {"plan": "pro"}, {"revenue": 4200})
+        for i in range(calls):
+            user = users[i % n]
+            t0 = clock()
+            await track(EVENT_KEY, user, {"plan": "pro"}, {"revenue": 4200})
+            samples[i] = clock() - t0
+            yielded[i] = processor._queued % processor._batch_size == 0
+    at = [samples[i] for i in range(calls) if yielded[i]]
+    rest = [samples[i] for i in range(calls) if not yielded[i]]
+    slow = [i for i in range(calls) if samples[i] > 50_000]
+    return [
+        f"calls that yielded: {len(at):,} of {calls:,}, median {median(at) / 1000:.1f} us; "
+        f"the others: median {median(rest) / 1000:.2f} us",
+        f"calls over 50 us: {len(slow):,}, of which {sum(yielded[i] for i in slow):,} yielded",
+        f"the yielding calls add {sum(at) / calls / 1000:.2f} us per call on average",
+    ]
+
+
 def main(argv: list[str]) -> None:
     """Print the breakdown, the profiles and the delivery cost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -312,6 +375,17 @@ def main(argv: list[str]) -> None:
         print()
         print(f"cProfile of one drain of {events:,} events, batch 500, top by tottime")
         print(drain_profile)
+        print()
+
+        print("## 4. a bare httpx.AsyncClient.post of a 15-byte body: client CPU per request")
+        for backend in ("asyncio", "trio"):
+            cpu = anyio.run(bare_post_cpu, collector.url, calls // 100, backend=backend)
+            print(f"  {backend:<7} {cpu:.0f} us")
+        print()
+
+        print(f"## 5. the track calls that yield to the worker ({calls:,} calls, asyncio)")
+        for line in anyio.run(checkpoint_calls, collector.url, calls):
+            print(f"  {line}")
     print()
     print_load()
 

@@ -7,6 +7,7 @@ Not a benchmark itself: ``track.py`` and ``delivery.py`` import it (they run as
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -167,6 +168,13 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+def optitrack_path() -> str:
+    """Where ``import optitrack`` finds the package measured."""
+    spec = importlib.util.find_spec("optitrack")
+    origin = spec.origin if spec is not None else None
+    return str(Path(origin).parent) if origin else "not found"
+
+
 def source_revision() -> str:
     """The commit of the optitrack measured, and whether its working tree differs from it."""
     root = HERE.parent
@@ -205,7 +213,7 @@ def machine() -> dict[str, str]:
         pass
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "optitrack source": source_revision(),
+        "optitrack source": f"{source_revision()}, imported from {optitrack_path()}",
         "cpus": f"{os.cpu_count()} (usable: {affinity}), {cpu}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": platform.platform(),

@@ -23,13 +23,13 @@ What it measures, on asyncio and on Trio (medians of repeated runs):
 5. drain time of 10k queued events on ``aclose()`` with a healthy endpoint;
 6. bytes per event on the wire (request bodies; headers estimated);
 7. optimizely-sdk 5.7.0's ``Optimizely.track`` with its ``BatchEventProcessor``, with its
-   defaults (batch size 1) and with ``batch_size=100``, its dispatcher pointed at the same
-   collector: caller time and delivered events/s, and the ratios. Skipped, saying so,
-   when optimizely-sdk is not installed.
+   defaults (batch size 1) and with ``batch_size=100`` (to both collectors), its
+   dispatcher's code pointed at the same collector: caller time, delivered events/s, CPU
+   per event, and the ratios. Skipped, saying so, when optimizely-sdk is not installed.
 
 Run it from the repository root::
 
-    python benchmarks/track.py           # the full run, about 2 minutes
+    python benchmarks/track.py           # the full run, under 2 minutes
     python benchmarks/track.py --quick   # a smoke run with small counts, under 20 s
 """
 

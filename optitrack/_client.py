@@ -52,6 +52,7 @@ __all__ = ["Client", "UserContext"]
 DatafileSource = str | bytes | os.PathLike[str] | Mapping[str, Any] | ProjectConfig
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
+_NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 
 
 class Client:
@@ -142,6 +143,7 @@ class Client:
         self.notification_center = NotificationCenter()
         self._processor = BatchProcessor(self._options, self.notification_center)
         self._block = self._options.overflow is Overflow.BLOCK
+        self._batch_size = self._options.batch_size
         self._strict = strict
         self._engine = DecisionEngine(self._config)
         self._profiles = user_profile_service
@@ -262,22 +264,14 @@ class Client:
         data = self._conversion(event_key, user_id, attributes, event_tags)
         if type(data) is not bytes:
             return data  # type: ignore[return-value]
-        processor = self._processor
         if self._block:
-            reason = await processor.put(self._context, data)
-        else:
-            reason = processor.put_nowait(self._context, data)
-        if reason is not None:
-            return self._refused(
-                reason, f"event {event_key!r} refused: {reason.value}", counted=True
-            )
-        if processor._queued % processor._batch_size == 0:
+            return await self._submit_blocking(data, event_key, user_id, attributes, event_tags)
+        result = self._submit(data, event_key, user_id, attributes, event_tags)
+        if self._processor.queued % self._batch_size == 0:
             # A full batch is waiting: let the worker (and the network) have a turn, so a
             # tight loop of track calls cannot starve delivery.
             await anyio.lowlevel.checkpoint()
-        if self.notification_center.has_listeners(NotificationType.TRACK):
-            self._notify_track(event_key, user_id, attributes, event_tags)
-        return ACCEPTED
+        return result
 
     def track_nowait(
         self,
@@ -304,13 +298,52 @@ class Client:
         data = self._conversion(event_key, user_id, attributes, event_tags)
         if type(data) is not bytes:
             return data  # type: ignore[return-value]
-        reason = self._processor.put_nowait(self._context, data)
+        return self._submit(data, event_key, user_id, attributes, event_tags)
+
+    def _submit(
+        self,
+        data: bytes,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+    ) -> TrackResult:
+        return self._submitted(
+            self._processor.put_nowait(self._context, data),
+            event_key,
+            user_id,
+            attributes,
+            event_tags,
+        )
+
+    async def _submit_blocking(
+        self,
+        data: bytes,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+    ) -> TrackResult:
+        reason = await self._processor.put(self._context, data)
+        return self._submitted(reason, event_key, user_id, attributes, event_tags)
+
+    def _submitted(
+        self,
+        reason: Reason | None,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+    ) -> TrackResult:
         if reason is not None:
             return self._refused(
                 reason, f"event {event_key!r} refused: {reason.value}", counted=True
             )
         if self.notification_center.has_listeners(NotificationType.TRACK):
-            self._notify_track(event_key, user_id, attributes, event_tags)
+            self.notification_center.send(
+                NotificationType.TRACK,
+                TrackNotification(event_key, user_id, attributes, event_tags),
+            )
         return ACCEPTED
 
     def _conversion(
@@ -319,6 +352,7 @@ class Client:
         user_id: Any,
         attributes: Any,
         event_tags: Any,
+        attributes_json: str | None = None,
     ) -> bytes | TrackResult:
         if self._state != _RUNNING:
             if self._state == _NEW:
@@ -333,7 +367,9 @@ class Client:
         if not (event_tags is None or type(event_tags) is dict or isinstance(event_tags, Mapping)):
             return self._invalid(f"event_tags must be a mapping, not {type(event_tags).__name__}")
         try:
-            data = self._factory.conversion(event_key, user_id, attributes, event_tags)
+            data = self._factory.conversion(
+                event_key, user_id, attributes, event_tags, attributes_json
+            )
         except InvalidTagsError as exc:
             return self._refused(Reason.INVALID_TAGS, f"event {event_key!r} not tracked: {exc}")
         if data is None:
@@ -349,18 +385,6 @@ class Client:
         if self._strict:
             raise TrackError(reason, message)
         return TrackResult(accepted=False, reason=reason, message=message)
-
-    def _notify_track(
-        self,
-        event_key: str,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        event_tags: Mapping[str, Any] | None,
-    ) -> None:
-        self.notification_center.send(
-            NotificationType.TRACK,
-            TrackNotification(event_key, user_id, attributes, event_tags),
-        )
 
     # -- decisions -------------------------------------------------------------------
 
@@ -394,9 +418,17 @@ class Client:
         if decision.variation is None:
             logger.info('Not activating user "%s".', user_id)
             return None
-        await self._impression(
-            user_id, attributes, "", experiment, decision.variation, RuleType.EXPERIMENT, True
+        data = self._impression(
+            user_id,
+            self._factory.attributes_json(attributes),
+            "",
+            experiment,
+            decision.variation,
+            RuleType.EXPERIMENT,
+            True,
         )
+        if data is not None:
+            await self._enqueue([data])
         return decision.variation.key
 
     def get_variation(
@@ -483,12 +515,17 @@ class Client:
         await self._save_profile(profile)
         enabled = decision.enabled
         source = decision.rule_type
+        impressions: list[bytes] = []
         if (
-            source is RuleType.ROLLOUT or decision.variation is None
-        ) and self._config.send_flag_decisions:
-            await self._flag_impression(user_id, attributes, flag.key, decision, enabled)
-        if source is RuleType.FEATURE_TEST and decision.variation and decision.experiment:
-            await self._flag_impression(user_id, attributes, flag.key, decision, enabled)
+            (source is RuleType.ROLLOUT or decision.variation is None)
+            and self._config.send_flag_decisions
+        ) or (source is RuleType.FEATURE_TEST and decision.variation and decision.experiment):
+            attributes_json = self._factory.attributes_json(attributes)
+            self._flag_impression(
+                impressions, user_id, attributes_json, flag.key, decision, enabled
+            )
+        if impressions:
+            await self._enqueue(impressions)
         if self.notification_center.has_listeners(NotificationType.DECISION):
             source_info = {}
             if source is RuleType.FEATURE_TEST and decision.experiment is not None:
@@ -736,6 +773,19 @@ class Client:
             )
         return value
 
+    def _decide_options(
+        self, options: Iterable[DecideOption | str] | None, single: bool
+    ) -> frozenset[DecideOption]:
+        chosen = self.default_decide_options
+        if options:
+            try:
+                chosen = chosen.union([DecideOption(o) for o in options])
+            except ValueError as exc:
+                self._invalid_decision(f"Invalid decide option: {exc}")
+        if single and DecideOption.ENABLED_FLAGS_ONLY in chosen:
+            chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
+        return chosen
+
     async def _decide(
         self,
         user: UserContext,
@@ -746,22 +796,16 @@ class Client:
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys`` (``None`` for every flag of the datafile)."""
         self._require_started("decide")
-        chosen = self.default_decide_options
-        if options:
-            try:
-                chosen = chosen.union([DecideOption(o) for o in options])
-            except ValueError as exc:
-                self._invalid_decision(f"Invalid decide option: {exc}")
-        if single and DecideOption.ENABLED_FLAGS_ONLY in chosen:
-            chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
+        chosen = self._decide_options(options, single)
         flags = self._config.flags_by_key
         wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
         user_input = UserInput(user.user_id, user._attributes, user._segments)
         profile = None
-        if DecideOption.IGNORE_USER_PROFILE_SERVICE not in chosen:
+        if self._profiles is not None and DecideOption.IGNORE_USER_PROFILE_SERVICE not in chosen:
             profile = await self._load_profile(user.user_id)
         include_reasons = DecideOption.INCLUDE_REASONS in chosen
         decisions: dict[str, Decision] = {}
+        impressions: list[bytes] = []
         for key in wanted:
             flag = flags.get(key) if isinstance(key, str) else None
             if flag is None:
@@ -778,39 +822,47 @@ class Client:
             decision = self._engine.decide_flag(
                 flag, user_input, user._forced, profile, include_reasons=include_reasons
             )
-            result = await self._flag_decision(user, flag, decision, chosen)
+            result = self._flag_decision(user, flag, decision, chosen, impressions)
             if result.enabled or DecideOption.ENABLED_FLAGS_ONLY not in chosen:
                 decisions[key] = result
-        await self._save_profile(profile)
+        if impressions:
+            if self._block:
+                await self._enqueue(impressions)
+            else:
+                self._enqueue_nowait(impressions)
+        if profile is not None and profile.changed:
+            await self._save_profile(profile)
         return decisions
 
-    async def _flag_decision(
+    def _flag_decision(
         self,
         user: UserContext,
         flag: FeatureFlag,
         decision: VariationDecision,
         options: frozenset[DecideOption],
+        impressions: list[bytes],
     ) -> Decision:
+        """The decision for a flag; the impressions it calls for go on ``impressions``."""
         enabled = decision.enabled
         attributes = user._attributes
         dispatched = False
         if DecideOption.DISABLE_DECISION_EVENT not in options:
             side = decision.holdout
             if side is not None and decision.rule_type is not RuleType.HOLDOUT:
-                dispatched = await self._flag_impression(
-                    user.user_id, attributes, flag.key, side, side.enabled
+                dispatched = self._flag_impression(
+                    impressions, user.user_id, user._json(), flag.key, side, side.enabled
                 )
             if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT) or (
                 self._config.send_flag_decisions
             ):
                 dispatched = (
-                    await self._flag_impression(
-                        user.user_id, attributes, flag.key, decision, enabled
+                    self._flag_impression(
+                        impressions, user.user_id, user._json(), flag.key, decision, enabled
                     )
                     or dispatched
                 )
-        variables: Mapping[str, Any] = MappingProxyType({})
-        if DecideOption.EXCLUDE_VARIABLES not in options:
+        variables: Mapping[str, Any] = _NO_VARIABLES
+        if DecideOption.EXCLUDE_VARIABLES not in options and flag.variables:
             variables = MappingProxyType(self._engine.all_variables(flag, decision.variation))
         result = Decision(
             decision.variation_key,
@@ -840,54 +892,62 @@ class Client:
             )
         return result
 
-    async def _flag_impression(
+    def _flag_impression(
         self,
+        impressions: list[bytes],
         user_id: str,
-        attributes: Mapping[str, Any] | None,
+        attributes_json: str,
         flag_key: str,
         decision: VariationDecision,
         enabled: bool,
     ) -> bool:
-        return await self._impression(
+        data = self._impression(
             user_id,
-            attributes,
+            attributes_json,
             flag_key,
             decision.experiment,
             decision.variation,
             decision.rule_type or RuleType.ROLLOUT,
             enabled,
         )
+        if data is None:
+            return False
+        impressions.append(data)
+        return True
 
-    async def _impression(
+    def _impression(
         self,
         user_id: str,
-        attributes: Mapping[str, Any] | None,
+        attributes_json: str,
         flag_key: str,
         rule: Experiment | Holdout | None,
         variation: Variation | None,
         rule_type: RuleType,
         enabled: bool,
-    ) -> bool:
-        """Queue an impression; whether it was accepted (refusals are counted and logged)."""
+    ) -> bytes | None:
+        """An impression, serialized; ``None`` when the decision calls for none."""
         if rule is None and rule_type is not RuleType.ROLLOUT:
-            return False  # as Optimizely: no impression without a rule, but for a rollout
-        data = self._factory.impression(
-            user_id=user_id,
-            attributes=attributes,
-            flag_key=flag_key,
-            rule=rule,
-            variation=variation,
-            rule_type=rule_type.value,
-            enabled=enabled,
+            return None  # as Optimizely: no impression without a rule, but for a rollout
+        return self._factory.impression(
+            user_id, attributes_json, flag_key, rule, variation, rule_type.value, enabled
         )
+
+    def _enqueue_nowait(self, impressions: list[bytes]) -> None:
+        """Queue impressions (refusals are counted and logged by the processor)."""
         if self._state != _RUNNING:
-            self._processor.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")
-            return False
-        if self._block:
-            reason = await self._processor.put(self._context, data)
-        else:
-            reason = self._processor.put_nowait(self._context, data)
-        return reason is None
+            for _ in impressions:
+                self._processor.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")
+            return
+        for data in impressions:
+            self._processor.put_nowait(self._context, data)
+
+    async def _enqueue(self, impressions: list[bytes]) -> None:
+        """Queue impressions, waiting for room when the overflow policy is BLOCK."""
+        if self._state != _RUNNING or not self._block:
+            self._enqueue_nowait(impressions)
+            return
+        for data in impressions:
+            await self._processor.put(self._context, data)
 
     async def _load_profile(self, user_id: str) -> UserProfile | None:
         if self._profiles is None:
@@ -1036,6 +1096,13 @@ class UserContext:
         self._attributes: dict[str, Any] = dict(attributes or {})
         self._forced: dict[tuple[str, str | None], str] = {}
         self._segments: frozenset[str] | None = None
+        self._attributes_json: str | None = None
+
+    def _json(self) -> str:
+        # The attributes as they go on the wire, rendered once per set of attributes.
+        if self._attributes_json is None:
+            self._attributes_json = self.client._factory.attributes_json(self._attributes)
+        return self._attributes_json
 
     @property
     def attributes(self) -> dict[str, Any]:
@@ -1050,6 +1117,7 @@ class UserContext:
             value: Its value.
         """
         self._attributes[key] = value
+        self._attributes_json = None
 
     async def track_event(
         self, event_key: str, event_tags: Mapping[str, Any] | None = None
@@ -1063,7 +1131,20 @@ class UserContext:
         Returns:
             Whether the event was accepted and, when not, why.
         """
-        return await self.client.track(event_key, self.user_id, self._attributes, event_tags)
+        client = self.client
+        data = client._conversion(
+            event_key, self.user_id, self._attributes, event_tags, self._json()
+        )
+        if type(data) is not bytes:
+            return data  # type: ignore[return-value]
+        if client._block:
+            return await client._submit_blocking(
+                data, event_key, self.user_id, self._attributes, event_tags
+            )
+        result = client._submit(data, event_key, self.user_id, self._attributes, event_tags)
+        if client._processor.queued % client._batch_size == 0:
+            await anyio.lowlevel.checkpoint()  # as in Client.track
+        return result
 
     async def decide(
         self, key: str, options: Iterable[DecideOption | str] | None = None
@@ -1085,7 +1166,7 @@ class UserContext:
             DecisionError: An unknown flag and the client is strict.
             ClientStateError: The client was never entered.
         """
-        decisions = await self.client._decide(self, [key], options, single=True)
+        decisions = await self.client._decide(self, (key,), options, single=True)
         return decisions[key]
 
     async def decide_for_keys(

@@ -393,6 +393,7 @@ class EventFactory:
         user_id: str,
         attributes: Mapping[str, Any] | None,
         tags: Mapping[str, Any] | None,
+        attributes_json: str | None = None,
     ) -> bytes | None:
         """Serialize one conversion as a visitor.
 
@@ -401,6 +402,8 @@ class EventFactory:
             user_id: The user id (the visitor id).
             attributes: The user's attributes, filtered as 01-track.md says.
             tags: The event tags, or ``None``.
+            attributes_json: ``attributes`` already rendered by :meth:`attributes_json`
+                (a user context keeps it), or ``None``.
 
         Returns:
             The visitor as JSON bytes, or ``None`` when the event key is not in the
@@ -429,7 +432,7 @@ class EventFactory:
             '"timestamp":%d,"uuid":"%s"%s}]}]}'
             % (
                 _json_str(user_id),
-                self.attributes_json(attributes),
+                attributes_json or self.attributes_json(attributes),
                 head,
                 int(time.time() * 1000),
                 new_uuid(),
@@ -440,9 +443,8 @@ class EventFactory:
 
     def impression(
         self,
-        *,
         user_id: str,
-        attributes: Mapping[str, Any] | None,
+        attributes_json: str,
         flag_key: str,
         rule: Experiment | Holdout | None,
         variation: Variation | None,
@@ -453,7 +455,7 @@ class EventFactory:
 
         Args:
             user_id: The user id (the visitor id; never the bucketing id).
-            attributes: The user's attributes, filtered as for a conversion.
+            attributes_json: The user's attributes, rendered by :meth:`attributes_json`.
             flag_key: The flag key; ``""`` for Activate.
             rule: The experiment or rule that decided, or ``None`` when none matched.
             variation: The variation, or ``None``.
@@ -474,7 +476,7 @@ class EventFactory:
             fragment = self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
         text = '{"visitor_id":%s,"attributes":%s,%s,"timestamp":%d,"uuid":"%s"}]}]}' % (
             _json_str(user_id),
-            self.attributes_json(attributes),
+            attributes_json,
             fragment,
             int(time.time() * 1000),
             new_uuid(),

@@ -809,6 +809,11 @@ class BatchProcessor:
         await self._stopped.wait()
 
     @property
+    def queued(self) -> int:
+        """Events in the queue now."""
+        return self._queued
+
+    @property
     def closed(self) -> bool:
         """Whether intake has stopped."""
         return self._closed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import contextlib
 import json
 import random
@@ -163,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only parse bodies, do not validate them (twice as fast, for benchmarks)",
     )
     args = parser.parse_args(argv)
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        parser.error("--backend trio needs Trio: pip install 'optitrack[trio]'")
 
     if args.command == "demo":
         return anyio.run(

@@ -140,7 +140,17 @@ class _Segment:
 class _Part:
     """A batch, or a piece of one after a split, on its way to the Events API."""
 
-    __slots__ = ("attempts", "body", "ctx", "done", "first_seq", "items", "key", "started")
+    __slots__ = (
+        "attempts",
+        "body",
+        "charged",
+        "ctx",
+        "done",
+        "first_seq",
+        "items",
+        "key",
+        "started",
+    )
 
     def __init__(self, ctx: BatchContext, items: list[bytes], first_seq: int) -> None:
         self.ctx = ctx
@@ -148,7 +158,8 @@ class _Part:
         self.first_seq = first_seq
         self.key = new_uuid()
         self.body: bytes | None = None
-        self.attempts = 0
+        self.attempts = 0  # every attempt, for the attempt header
+        self.charged = 0  # failed attempts that count against RetryPolicy.attempts
         self.started: float | None = None
         self.done = False
 
@@ -229,6 +240,7 @@ class BatchProcessor:
         self._limiter = anyio.CapacityLimiter(options.max_in_flight)
         self._failures = 0
         self._breaker_open = False
+        self._recovered = anyio.Event()  # set when the breaker closes again
         self._resume_at = -math.inf  # Retry-After pause, on the anyio clock
 
         self._closed = False  # intake stopped
@@ -562,6 +574,7 @@ class BatchProcessor:
                 await anyio.sleep(pause)
             part.attempts += 1
             headers = self._headers(part)
+            outage = self._breaker_open  # known down: a failure says nothing of this batch
             status, error, retry_after = await self._attempt(part, body, headers)
             count = len(part.items)
 
@@ -590,12 +603,16 @@ class BatchProcessor:
                 return None
 
             self._on_failure()
+            if not outage:
+                part.charged += 1
             elapsed = anyio.current_time() - part.started
             wait = retry.backoff(part.attempts)
+            if self._breaker_open:
+                wait = min(wait, retry.probe_interval)
             if retry_after is not None:
                 wait = max(wait, min(retry_after, retry.retry_after_max))
                 self._resume_at = max(self._resume_at, anyio.current_time() + wait)
-            if part.attempts >= retry.attempts or elapsed + wait >= retry.timeout:
+            if part.charged >= retry.attempts or elapsed + wait >= retry.timeout:
                 self._log_event(part, headers, body, "dropped", status, error)
                 logger.error(
                     "Gave up on %d event(s) after %d attempt(s) over %.1f s (last: %s).",
@@ -614,7 +631,9 @@ class BatchProcessor:
                 count,
                 wait,
             )
-            await anyio.sleep(wait)
+            # Back off, but go at once when another request finds the endpoint back.
+            with anyio.move_on_after(wait):
+                await self._recovered.wait()
 
     async def _attempt(
         self, part: _Part, body: bytes, headers: dict[str, str]
@@ -650,12 +669,14 @@ class BatchProcessor:
         if self._breaker_open:
             self._breaker_open = False
             self._limiter.total_tokens = self.options.max_in_flight
+            self._recovered.set()
             logger.warning("Events API answers again: resuming at full speed.")
 
     def _on_failure(self) -> None:
         self._failures += 1
         if not self._breaker_open and self._failures >= self._retry.breaker_threshold:
             self._breaker_open = True
+            self._recovered = anyio.Event()
             self._limiter.total_tokens = 1
             logger.warning(
                 "Events API failed %d times in a row: probing with one request at a time.",

@@ -18,6 +18,7 @@ DEFAULT_WAIT_MAX = 10.0
 DEFAULT_WAIT_JITTER = 1.0
 DEFAULT_RETRY_AFTER_MAX = 60.0
 DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_PROBE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -28,6 +29,8 @@ class RetryPolicy:
     of which the fraction ``wait_jitter`` is random: ``1.0`` (the default) is "full
     jitter", ``0.0`` is deterministic. A ``Retry-After`` answer waits at least that long
     (clamped to ``retry_after_max``), and pauses every batch bound for the endpoint.
+    A batch is given up on after ``attempts`` failed attempts or ``timeout`` seconds,
+    whichever comes first.
 
     Attributes:
         attempts: Attempts per batch, the first included.
@@ -40,6 +43,11 @@ class RetryPolicy:
         retry_after_max: The longest ``Retry-After`` honoured.
         breaker_threshold: Consecutive failed attempts after which the circuit breaker
             opens: one batch at a time probes the endpoint until it answers again.
+            While it is open, failed attempts do not count against ``attempts`` (an
+            outage says nothing of the batch; ``timeout`` still bounds it), and waiting
+            batches go again as soon as the endpoint answers.
+        probe_interval: The longest wait between attempts while the breaker is open, so
+            that the end of an outage is noticed within about that long.
 
     Raises:
         ValueError: A value is out of range (the message says which).
@@ -53,6 +61,7 @@ class RetryPolicy:
     wait_jitter: float = DEFAULT_WAIT_JITTER
     retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -61,7 +70,7 @@ class RetryPolicy:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} ({value}) must be > 0")
-        for name in ("wait_initial", "wait_max", "retry_after_max"):
+        for name in ("wait_initial", "wait_max", "retry_after_max", "probe_interval"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} ({value}) must be >= 0 and finite")

@@ -264,6 +264,32 @@ async def test_outage_then_recovery_loses_nothing_and_duplicates_nothing(
     check_ledger(stats)
 
 
+async def test_an_outage_does_not_use_up_attempts(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    api.fail_all(Respond(503))
+    policy = RetryPolicy(
+        attempts=3,
+        breaker_threshold=2,
+        wait_initial=0.001,
+        wait_max=0.005,
+        probe_interval=0.005,
+        timeout=60,
+    )
+    async with asgi_client(api, datafile, retry=policy, batch_size=10) as client:
+        for n in range(30):
+            await client.track("purchase", f"u{n}")
+        with anyio.fail_after(10):
+            await api.wait_for_requests(40)  # far more failures than attempts=3
+        assert client.statistics().dropped == {}
+        api.heal()
+        with anyio.fail_after(10):
+            assert (await client.flush()).complete
+        stats = client.statistics()
+    assert stats.delivered == 30
+    assert stats.dropped == {}
+    assert api.event_count == 30
+
+
 async def test_the_circuit_breaker_probes_one_request_at_a_time(
     datafile: dict[str, Any],
 ) -> None:

@@ -29,6 +29,7 @@ def test_policy_is_frozen_and_keyword_only() -> None:
         ({"wait_jitter": 1.5}, r"wait_jitter \(1.5\) must be between 0.0 and 1.0"),
         ({"wait_max": float("inf")}, r"wait_max \(inf\) must be >= 0 and finite"),
         ({"breaker_threshold": 0}, r"breaker_threshold \(0\) must be >= 1"),
+        ({"probe_interval": -1}, r"probe_interval \(-1\) must be >= 0 and finite"),
     ],
 )
 def test_policy_rejects_bad_values(kwargs: dict[str, float], message: str) -> None:

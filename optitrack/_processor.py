@@ -41,7 +41,7 @@ __all__ = ["BatchOptions", "BatchProcessor", "Overflow"]
 
 logger = logging.getLogger("optitrack")
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_BATCH_BYTES = 1_000_000
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 100_000
@@ -259,7 +259,8 @@ class BatchProcessor:
         if self._closed:
             return Reason.CLOSED
         size = len(data)
-        if size > self._max_event_bytes or ctx.body_size(size, 1) > self._max_batch_bytes:
+        overhead = len(ctx.prefix) + 2  # a body is prefix + events joined by "," + "]}"
+        if size > self._max_event_bytes or size + overhead > self._max_batch_bytes:
             return Reason.EVENT_TOO_LARGE
         if self._queued >= self._max_queue_size or (
             self._queued_bytes + size > self._max_queue_bytes
@@ -275,7 +276,8 @@ class BatchProcessor:
                 segments.pop()  # the empty one kept for reuse: never leave it at the head
             segment = _Segment(ctx)
             segments.append(segment)
-        segment.items.append(data)
+        items = segment.items
+        items.append(data)
         segment.nbytes += size
         self._accepted += 1
         self._queued += 1
@@ -286,8 +288,8 @@ class BatchProcessor:
                 self._oldest_at = anyio.current_time()
                 self._wakeup = None
                 wakeup.set()
-            elif len(segment.items) >= self._batch_size or (
-                ctx.body_size(segment.nbytes, len(segment.items)) >= self._max_batch_bytes
+            elif len(items) >= self._batch_size or (
+                segment.nbytes + len(items) - 1 + overhead >= self._max_batch_bytes
             ):
                 self._wakeup = None
                 wakeup.set()
@@ -486,15 +488,19 @@ class BatchProcessor:
         segment = self._segments[0]
         items = segment.items
         ctx = segment.ctx
+        # The events of a body are joined by commas: count one per event, and one more
+        # in the budget for the last event, which has none.
         budget = self._max_batch_bytes - len(ctx.prefix) - len(ctx.SUFFIX) + 1
-        taken: list[bytes] = []
-        nbytes = 0
-        while items and len(taken) < self._batch_size:
-            size = len(items[0]) + 1  # with its comma
-            if taken and nbytes + size > budget:
-                break
-            taken.append(items.popleft())
-            nbytes += size
+        pop = items.popleft
+        taken = [pop() for _ in range(min(len(items), self._batch_size))]
+        nbytes = sum(map(len, taken)) + len(taken)
+        if nbytes > budget:  # rare: the byte cap binds before batch_size
+            keep, nbytes = 1, len(taken[0]) + 1
+            while nbytes + len(taken[keep]) + 1 <= budget:
+                nbytes += len(taken[keep]) + 1
+                keep += 1
+            items.extendleft(reversed(taken[keep:]))
+            del taken[keep:]
         count = len(taken)
         segment.nbytes -= nbytes - count
         if not items and len(self._segments) > 1:

@@ -615,6 +615,16 @@ async def test_parse_false_only_counts() -> None:
     assert api.conversions == {}
     assert api.requests == []
     assert api.batches == []
+    assert api.duplicate_uuids() == {}
+
+
+async def test_parse_false_still_finds_duplicate_uuids() -> None:
+    api = EventsAPI(validate=False, parse=False, record=False)
+    async with client(api) as http:
+        await post(http, CONVERSION_BODY)
+        await post(http, CONVERSION_BODY)
+    assert api.event_count == 2
+    assert api.duplicate_uuids() == {"91f5a888-f973-4c12-8fae-8ea19d28d6ea": 2}
 
 
 async def test_record_false_keeps_counters_only() -> None:

@@ -241,7 +241,8 @@ class BatchProcessor:
         self._failures = 0
         self._breaker_open = False
         self._recovered = anyio.Event()  # set when the breaker closes again
-        self._resume_at = -math.inf  # Retry-After pause, on the anyio clock
+        # Retry-After pauses, by endpoint, on the anyio clock.
+        self._resume_at: dict[str, float] = {}
 
         self._closed = False  # intake stopped
         self._closing = False  # drain everything now
@@ -575,7 +576,7 @@ class BatchProcessor:
         while True:
             if part.started is None:
                 part.started = anyio.current_time()
-            pause = self._resume_at - anyio.current_time()
+            pause = self._resume_at.get(part.ctx.endpoint, -math.inf) - anyio.current_time()
             if pause > 0:
                 await anyio.sleep(pause)
             part.attempts += 1
@@ -617,7 +618,9 @@ class BatchProcessor:
                 wait = min(wait, retry.probe_interval)
             if retry_after is not None:
                 wait = max(wait, min(retry_after, retry.retry_after_max))
-                self._resume_at = max(self._resume_at, anyio.current_time() + wait)
+                endpoint = part.ctx.endpoint
+                resume = self._resume_at.get(endpoint, -math.inf)
+                self._resume_at[endpoint] = max(resume, anyio.current_time() + wait)
             if part.charged >= retry.attempts or elapsed + wait >= retry.timeout:
                 self._log_event(part, headers, body, "dropped", status, error)
                 logger.error(

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark scripts: the collector process, statistics, the machine.
 
-Not a benchmark itself: ``track.py`` and ``delivery.py`` import it (they run as
+Not a benchmark itself: the scripts of this directory import it (they run as
 ``python benchmarks/NAME.py``, so this directory is on ``sys.path``).
 """
 
@@ -48,8 +48,9 @@ class Collector:
 
     Args:
         backend: The collector's event loop, ``"asyncio"`` or ``"trio"``.
-        count_only: Count events by their ``"uuid"`` keys instead of parsing the bodies
-            (cheaper, but blind to duplicates).
+        count_only: Count events, and find duplicates, by the ``"uuid"`` values picked out
+            of each body with a regular expression instead of parsing it as JSON (much
+            cheaper, so the client's own limits show).
         profile: Where the collector writes a cProfile of its run, if anywhere.
     """
 
@@ -176,8 +177,13 @@ def optitrack_path() -> str:
 
 
 def source_revision() -> str:
-    """The commit of the optitrack measured, and whether its working tree differs from it."""
-    root = HERE.parent
+    """The commit of the optitrack measured, and whether its working tree differs from it.
+
+    Asked of the checkout that ``import optitrack`` finds, which is not this directory's
+    when ``PYTHONPATH`` points at another clone.
+    """
+    package = optitrack_path()
+    root = Path(package).parent if package != "not found" else HERE.parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],

@@ -9,14 +9,21 @@ What it prints, on asyncio and on Trio (medians of repeated runs):
 
 1. decisions per second and per-call median and p99 of ``await user.decide(flag)``, the
    impression serialized and queued for delivery (the client's worker sends it to an
-   in-process stand-in that only counts, between runs: the timed loop does no I/O);
+   in-process stand-in that only counts, between runs: ``decide`` does not yield, so the
+   timed loop does no I/O); and the process CPU per decision over the loop and the
+   delivery of its impressions after it;
 2. the same with ``DISABLE_DECISION_EVENT`` (the decision alone);
-3. optimizely-sdk 5.7.0's ``user.decide(flag)``, its impression built and handed to a
-   dispatcher that keeps nothing (so no network either: the CPU cost alone), and with
+3. optimizely-sdk 5.7.0's ``user.decide(flag)`` ("CPU only"): its impression built by its
+   ``BatchEventProcessor`` thread and handed to a dispatcher that only counts (no
+   network), with a queue that holds every impression, and with
    ``DISABLE_DECISION_EVENT``; then as its users get it by default, its default event
-   processor (a ``BatchEventProcessor`` and its thread) with its default dispatcher's code
+   processor (a 1000-slot queue and its thread) with its default dispatcher's code
    posting the impressions to the stand-in, in a separate process on 127.0.0.1; and the
-   ratios. Skipped, saying so, when optimizely-sdk is not installed.
+   ratios. Skipped, saying so, when optimizely-sdk is not installed;
+4. impressions per decision, for each library: what was queued and delivered, against
+   the decisions made (warm-up included). optimizely-sdk's event queue holds 1000 events
+   and drops the rest when its thread falls behind: fewer impressions per decision than
+   optitrack means it dropped some (and that its calls were cheaper for it).
 
 Targets (issue #4): at least 100k decisions per second, and at least 20 times
 optimizely-sdk's ``decide``.
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import queue
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +63,26 @@ from optitrack.testing import EventsAPI
 
 FLAG = "new_checkout"
 ATTRIBUTES = {"plan": "pro", "age": 34}
+PEER_CPU = "optimizely-sdk decide, CPU only"
+PEER_DEFAULTS = "optimizely-sdk decide, defaults, posting to the stand-in"
+
+
+@dataclass(frozen=True)
+class Impressions:
+    """What became of the impressions of a series of runs."""
+
+    decisions: int
+    queued: int | None  # None: not known (optimizely-sdk drops silently when full)
+    delivered: int
+
+    def line(self) -> str:
+        """The figures, on one line."""
+        per = self.delivered / max(self.decisions, 1)
+        queued = "" if self.queued is None else f"{self.queued:,} impressions queued, "
+        return (
+            f"{self.decisions:,} decisions, {queued}{self.delivered:,} impressions "
+            f"delivered ({per:.3f} per decision)"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,19 +92,23 @@ class Run:
     per_second: float
     median_us: float
     p99_us: float
+    #: Process CPU per decision over the loop and the processing of its impressions
+    #: after it (all threads); ``None`` when not every impression could be waited for.
+    cpu_us: float | None
 
 
-def summarize(samples: list[int], wall: float) -> Run:
-    """Per-call figures from nanosecond samples and the loop's wall time."""
+def summarize(samples: list[int], wall: float, cpu: float | None) -> Run:
+    """Per-call figures from nanosecond samples, the loop's wall time and CPU seconds."""
     ordered = sorted(samples)
     return Run(
         per_second=len(samples) / wall,
         median_us=median(ordered) / 1000,
         p99_us=percentile(ordered, 99) / 1000,
+        cpu_us=None if cpu is None else cpu / len(samples) * 1e6,
     )
 
 
-async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> list[Run]:
+async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> tuple[list[Run], Impressions]:
     """Time ``decide`` on a running client; impressions go to a counting stand-in."""
     api = EventsAPI(validate=False, parse=False, record=False)
     options = [optitrack.DecideOption.DISABLE_DECISION_EVENT] if quiet else []
@@ -93,60 +125,106 @@ async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> list[Run]:
         ) as client,
     ):
         users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)]
-        for user in users[:2000]:  # warm up
+        warmup = users[:2000]
+        for user in warmup:
             await user.decide(FLAG, options)
         await client.flush()
         for _ in range(repeats):
             samples = []
             clock = time.perf_counter_ns
             gc.collect()
+            cpu0 = time.process_time()
             started = time.perf_counter()
             for user in users:
                 t0 = clock()
                 await user.decide(FLAG, options)
                 samples.append(clock() - t0)
             wall = time.perf_counter() - started
-            runs.append(summarize(samples, wall))
             await client.flush()  # deliver between runs, outside the timed loop
-    return runs
+            runs.append(summarize(samples, wall, time.process_time() - cpu0))
+    ledger = client.statistics()
+    impressions = Impressions(
+        decisions=len(warmup) + calls * repeats,
+        queued=ledger.accepted,
+        delivered=api.statistics().events,
+    )
+    return runs, impressions
 
 
 class _Discard:
-    """An optimizely-sdk event dispatcher that keeps nothing (no network)."""
+    """An optimizely-sdk event dispatcher that keeps nothing (no network), but counts."""
+
+    def __init__(self) -> None:
+        self.events = 0
 
     def dispatch_event(self, event: Any) -> None:
-        return None
+        """Count the visitors of a log event, and forget it."""
+        self.events += len(event.params.get("visitors", ()))
 
 
 def optimizely_runs(
-    calls: int, repeats: int, quiet: bool, dispatcher: Any | None = None
-) -> list[Run]:
-    """Time optimizely-sdk's ``decide``, its default event processor, a given dispatcher."""
+    calls: int, repeats: int, quiet: bool, dispatcher: Any
+) -> tuple[list[Run], int]:
+    """Time optimizely-sdk's ``decide``, its default event processor, a given dispatcher.
+
+    With a :class:`_Discard` dispatcher, its event queue is sized to hold every
+    impression (its default 1000 slots drop most of them when its thread falls behind),
+    and after each run the impressions are waited for, so that the CPU per decision
+    covers them; with another dispatcher, everything is its default.
+
+    Returns the runs, and the decisions made in all (warm-up included).
+    """
     from optimizely import optimizely as optimizely_module
     from optimizely.decision.optimizely_decide_option import OptimizelyDecideOption
     from optimizely.logger import NoOpLogger
 
+    counting = isinstance(dispatcher, _Discard)
+    warmup_calls = min(1000, calls // 5)
+    extra: dict[str, Any] = {}
+    if counting:
+        capacity = warmup_calls + calls * repeats + 10
+        extra["event_processor_options"] = {"event_queue": queue.Queue(maxsize=capacity)}
     client = optimizely_module.Optimizely(
-        datafile_text(), event_dispatcher=dispatcher or _Discard(), logger=NoOpLogger()
+        datafile_text(), event_dispatcher=dispatcher, logger=NoOpLogger(), **extra
     )
     options = [OptimizelyDecideOption.DISABLE_DECISION_EVENT] if quiet else []
     users = [client.create_user_context(f"user-{n}", dict(ATTRIBUTES)) for n in range(calls)]
-    for user in users[: min(1000, calls // 5)]:
+    warmup = users[:warmup_calls]
+    for user in warmup:
         user.decide(FLAG, list(options))
+    made = len(warmup)
+    if counting and not quiet:
+        _wait_dispatched(client, dispatcher, made)
     runs = []
     for _ in range(repeats):
         samples = []
         clock = time.perf_counter_ns
         gc.collect()
+        cpu0 = time.process_time()
         started = time.perf_counter()
         for user in users:
             t0 = clock()
             user.decide(FLAG, list(options))
             samples.append(clock() - t0)
         wall = time.perf_counter() - started
-        runs.append(summarize(samples, wall))
-    client.close()
-    return runs
+        made += len(users)
+        cpu: float | None = None
+        if counting and (quiet or _wait_dispatched(client, dispatcher, made)):
+            cpu = time.process_time() - cpu0
+        runs.append(summarize(samples, wall, cpu))
+    client.close()  # its thread sends what is queued (joined for at most 5 s)
+    return runs, made
+
+
+def _wait_dispatched(client: Any, dispatcher: _Discard, count: int) -> bool:
+    """Flush optimizely-sdk's processor and wait until ``count`` impressions went out."""
+    client.event_processor.flush()
+    deadline = time.perf_counter() + 60.0
+    while dispatcher.events < count:
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def best_of(runs: list[Run]) -> Run:
@@ -163,13 +241,21 @@ def optimizely_installed() -> bool:
     return True
 
 
+def cpu_per_decision(runs: list[Run]) -> float | None:
+    """The median CPU per decision of some runs, if every run has one."""
+    values = [r.cpu_us for r in runs]
+    return median([v for v in values if v is not None]) if None not in values else None
+
+
 def row(name: str, run: Run, runs: list[Run]) -> list[str]:
     """A table row for one configuration."""
+    cpu = cpu_per_decision(runs)
     return [
         name,
         f"{run.per_second:,.0f}",
         f"{run.median_us:.2f}",
         f"{run.p99_us:.2f}",
+        "-" if cpu is None else f"{cpu:.2f}",
         spread([r.per_second / 1000 for r in runs], "{:.0f}k"),
     ]
 
@@ -185,47 +271,77 @@ def main(argv: list[str]) -> None:
     print(f"{calls:,} users per run, {repeats} runs per configuration; flag {FLAG!r}\n")
 
     results: dict[str, tuple[Run, list[Run]]] = {}
+    impressions: dict[str, Impressions] = {}
     for backend in ("asyncio", "trio"):
         for quiet in (False, True):
-            runs: list[Run] = anyio.run(optitrack_runs, calls, repeats, quiet, backend=backend)
+            runs, made = anyio.run(optitrack_runs, calls, repeats, quiet, backend=backend)
             label = f"optitrack decide, {backend}" + (", no impression" if quiet else "")
             results[label] = (best_of(runs), runs)
+            if not quiet:
+                impressions[label] = made
     peer_ok = optimizely_installed()
     if peer_ok:
         for quiet in (False, True):
-            runs = optimizely_runs(calls, repeats, quiet)
-            label = "optimizely-sdk decide" + (", no impression" if quiet else "")
+            discard = _Discard()
+            runs, decisions = optimizely_runs(calls, repeats, quiet, discard)
+            label = PEER_CPU + (", no impression" if quiet else "")
             results[label] = (best_of(runs), runs)
+            if not quiet:
+                impressions[label] = Impressions(decisions, None, discard.events)
         from track import RequestsDispatcher
 
+        label = PEER_DEFAULTS
         with Collector() as collector:
-            runs = optimizely_runs(calls // 25, repeats, False, RequestsDispatcher(collector.url))
-        results["optimizely-sdk decide, defaults, posting to the stand-in"] = (
-            best_of(runs),
-            runs,
-        )
+            runs, decisions = optimizely_runs(
+                calls // 25, repeats, False, RequestsDispatcher(collector.url)
+            )
+            # Its close() joined the thread: what is not there within 2 s was dropped.
+            received = collector.wait_events(decisions, 2.0)["events"]
+        results[label] = (best_of(runs), runs)
+        impressions[label] = Impressions(decisions, None, received)
     else:
         print("optimizely-sdk is not installed: no peer comparison (pip install optimizely-sdk)")
 
-    rows = [["configuration", "decisions/s", "median us", "p99 us", "runs (decisions/s)"]]
+    rows = [
+        [
+            "configuration",
+            "decisions/s",
+            "median us",
+            "p99 us",
+            "CPU us/decision",
+            "runs (decisions/s)",
+        ]
+    ]
     rows += [row(name, run, runs) for name, (run, runs) in results.items()]
     print(table(rows))
+    print()
+    print("impressions (optimizely-sdk: counted by its dispatcher or the stand-in)")
+    for name, made in impressions.items():
+        print(f"  {name}: {made.line()}")
     print()
     mine = results["optitrack decide, asyncio"][0]
     print(f"target: >= 100,000 decisions/s -> {mine.per_second:,.0f} on asyncio")
     if peer_ok:
-        theirs = results["optimizely-sdk decide"][0]
+        theirs = results[PEER_CPU][0]
         quiet_ratio = (
             results["optitrack decide, asyncio, no impression"][0].per_second
-            / results["optimizely-sdk decide, no impression"][0].per_second
+            / results[PEER_CPU + ", no impression"][0].per_second
         )
-        default = results["optimizely-sdk decide, defaults, posting to the stand-in"][0]
+        default = results[PEER_DEFAULTS][0]
         print(
-            f"target: >= 20x optimizely-sdk -> {mine.per_second / default.per_second:.0f}x "
-            f"its defaults (its thread posting impressions); CPU alone, "
-            f"{mine.per_second / theirs.per_second:.1f}x with impressions, "
+            f"target: >= 20x optimizely-sdk -> {mine.per_second / default.per_second:.1f}x "
+            f"its defaults (its thread posting impressions, dropping what its queue cannot "
+            f"hold); CPU only, {mine.per_second / theirs.per_second:.1f}x with impressions, "
             f"{quiet_ratio:.1f}x without"
         )
+        mine_cpu = cpu_per_decision(results["optitrack decide, asyncio"][1])
+        theirs_cpu = cpu_per_decision(results[PEER_CPU][1])
+        if mine_cpu and theirs_cpu:
+            print(
+                f"process CPU per decision, every impression processed: optitrack "
+                f"{mine_cpu:.2f} us, optimizely-sdk {theirs_cpu:.2f} us "
+                f"({theirs_cpu / mine_cpu:.1f}x)"
+            )
     print_load()
 
 

@@ -14,14 +14,16 @@ What it measures:
 2. outage recovery: the endpoint answers 503 for a few seconds while the application
    tracks 10k events/s; then it heals. The time from the heal to every event delivered
    (``flush()`` returning complete), checked against the collector's count and
-   duplicates; with the default retry policy, then (full run) with ``wait_max=1.0``;
+   duplicates; with the default retry policy, then (full run) with ``wait_max=1.0``, and
+   an 8 s outage with the default policy (long enough, with the policy of before, for
+   batches to run out of attempts while the endpoint was known to be down);
 3. one poison event in a 500-event batch: the stand-in answers 400 to any body that
    holds it. Events delivered, dropped (with the reason) and requests used, for the
    poison first, in the middle and last.
 
 Run it from the repository root::
 
-    python benchmarks/delivery.py           # the full run, under 2 minutes
+    python benchmarks/delivery.py           # the full run, about 2.5 minutes
     python benchmarks/delivery.py --quick   # fewer runs and a shorter outage, under 20 s
 """
 
@@ -70,6 +72,8 @@ class Sizes:
     rate: int
     poison_positions: tuple[int, ...]
     capped_outage: bool
+    long_outage_seconds: float | None
+    long_outage_runs: int
 
 
 FULL = Sizes(
@@ -80,6 +84,8 @@ FULL = Sizes(
     rate=10_000,
     poison_positions=(0, 250, 499),
     capped_outage=True,
+    long_outage_seconds=8.0,
+    long_outage_runs=1,
 )
 QUICK = Sizes(
     close_runs=1,
@@ -89,6 +95,8 @@ QUICK = Sizes(
     rate=10_000,
     poison_positions=(250,),
     capped_outage=False,
+    long_outage_seconds=None,
+    long_outage_runs=0,
 )
 
 
@@ -208,6 +216,7 @@ class OutageRun:
     complete: bool
     requests: int
     retries: int
+    refused: int
 
 
 async def outage(
@@ -240,6 +249,7 @@ async def outage(
         complete=result.complete,
         requests=ledger.requests,
         retries=ledger.retries,
+        refused=sum(ledger.refused.values()),
     )
 
 
@@ -260,21 +270,23 @@ class Outages:
 
 
 def section_outage(
-    collector: Collector, sizes: Sizes, retry: optitrack.RetryPolicy | None
+    collector: Collector,
+    sizes: Sizes,
+    retry: optitrack.RetryPolicy | None,
+    seconds: float,
+    runs: int,
 ) -> Outages:
     """2. Outage recovery: time from the heal to everything delivered (or given up on)."""
     print(
-        f"## 2. outage recovery: 503 for {sizes.outage_seconds:g} s while tracking "
+        f"## 2. outage recovery: 503 for {seconds:g} s while tracking "
         f"{sizes.rate:,} events/s, then healed; {retry or 'the default RetryPolicy()'}"
     )
     recoveries: list[float] = []
     tracked = dropped = 0
     for backend in BACKENDS:
-        for _ in range(sizes.outage_runs):
+        for _ in range(runs):
             before = collector.stats()
-            run = anyio.run(
-                outage, collector, sizes.outage_seconds, sizes.rate, retry, backend=backend
-            )
+            run = anyio.run(outage, collector, seconds, sizes.rate, retry, backend=backend)
             after = collector.stats()
             received = delta(after, before, "events")
             duplicates = delta(after, before, "duplicates")
@@ -282,7 +294,7 @@ def section_outage(
             print(
                 f"  {backend:<7} heal -> flush() returned in {run.recovery:.3f} s; tracked "
                 f"{run.tracked:,}, delivered {run.delivered:,}, received {received:,}, "
-                f"{duplicates} duplicates, dropped {run.dropped} "
+                f"{duplicates} duplicates, dropped {run.dropped}, refused {run.refused} "
                 f"({'all delivered' if ok else 'NOT all delivered'}); {run.requests} "
                 f"requests, {run.retries} retries; logged: {LOGS.take()}"
             )
@@ -371,9 +383,21 @@ def main(argv: list[str]) -> None:
         print(f"collector: pid {collector.pid}, {collector.url} (separate process)")
         print()
         worst = section_close(collector, sizes)
-        recoveries = section_outage(collector, sizes, None)
-        # The wait before a retry grows to wait_max (10 s): capping it bounds the recovery.
-        capped = section_outage(collector, sizes, CAPPED) if sizes.capped_outage else None
+        recoveries = section_outage(collector, sizes, None, sizes.outage_seconds, sizes.outage_runs)
+        # The wait before a retry grows to wait_max (10 s); while the breaker is open it is
+        # capped at probe_interval (1 s). Capping it everywhere, for comparison:
+        capped = (
+            section_outage(collector, sizes, CAPPED, sizes.outage_seconds, sizes.outage_runs)
+            if sizes.capped_outage
+            else None
+        )
+        long = (
+            section_outage(
+                collector, sizes, None, sizes.long_outage_seconds, sizes.long_outage_runs
+            )
+            if sizes.long_outage_seconds
+            else None
+        )
         poisons = section_poison(collector, sizes)
 
     limit = CLOSE_TIMEOUT + 0.1
@@ -400,6 +424,15 @@ def main(argv: list[str]) -> None:
             [
                 f"  same, RetryPolicy(wait_max={CAPPED.wait_max:g})",
                 capped.line(),
+                "-",
+                "-",
+            ]
+        )
+    if long and sizes.long_outage_seconds:
+        rows.append(
+            [
+                f"outage recovery after {sizes.long_outage_seconds:g} s of 503",
+                long.line(),
                 "-",
                 "-",
             ]

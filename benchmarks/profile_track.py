@@ -9,8 +9,9 @@ Not a benchmark of targets but the diagnosis behind them (docs/benchmarks.md quo
 2. cProfile of 100k ``await client.track(...)`` calls on asyncio, the top entries by
    internal time (cProfile inflates Python-level calls; read it for the ranking);
 3. delivery cost in the client: drain queued events to the counting collector with
-   batch sizes 100, 500 and 2000, client CPU per event, fitted as a fixed cost per request
-   plus a cost per event; then cProfile of a drain, the top entries;
+   batch sizes 100, 500, 1000 (the default) and 2000, client CPU per event, fitted as a
+   fixed cost per request plus a cost per event; then cProfile of a drain at the default
+   batch size, the top entries;
 4. the client CPU of a bare ``httpx.AsyncClient.post`` of a tiny body, on asyncio and
    Trio: the HTTP client's own share of the cost per request;
 5. the awaited track calls that yield to the worker (one per ``batch_size``), timed apart
@@ -53,6 +54,10 @@ from _bench import (
 
 import optitrack
 from optitrack._events import encode_tags, new_uuid
+from optitrack._processor import DEFAULT_BATCH_SIZE
+
+#: Batch sizes of the delivery-cost drains (section 3).
+DRAIN_BATCH_SIZES = (100, 500, 1000, 2000)
 
 
 def per_call_ns(loop: Callable[[int], None], calls: int, repeats: int) -> float:
@@ -265,7 +270,7 @@ def delivery_cost(url: str, events: int, repeats: int) -> tuple[list[list[str]],
     """Client CPU per delivered event by batch size, the fit, and a profile of a drain."""
     rows = [["batch size", "requests", "drain wall", "client CPU / event", "events/s"]]
     points: list[tuple[float, float]] = []
-    for batch_size in (100, 500, 2000):
+    for batch_size in DRAIN_BATCH_SIZES:
         runs = [anyio.run(drain_cpu, url, events, batch_size) for _ in range(repeats)]
         wall = median([r[0] for r in runs])
         cpu_per_event = median([r[1] for r in runs]) / events * 1e6
@@ -285,7 +290,7 @@ def delivery_cost(url: str, events: int, repeats: int) -> tuple[list[list[str]],
     slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
     rows.append(["fit", "", "", f"{my - slope * mx:.2f} us/event + {slope:.0f} us/request", ""])
     profile = cProfile.Profile()
-    anyio.run(drain_cpu, url, events, 500, profile)
+    anyio.run(drain_cpu, url, events, DEFAULT_BATCH_SIZE, profile)
     return rows, top(profile, 18)
 
 
@@ -373,7 +378,10 @@ def main(argv: list[str]) -> None:
         rows, drain_profile = delivery_cost(collector.url, events, repeats)
         print(table(rows))
         print()
-        print(f"cProfile of one drain of {events:,} events, batch 500, top by tottime")
+        print(
+            f"cProfile of one drain of {events:,} events, batch {DEFAULT_BATCH_SIZE}, "
+            "top by tottime"
+        )
         print(drain_profile)
         print()
 

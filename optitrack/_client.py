@@ -55,6 +55,19 @@ _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
 _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 
 
+def _check_endpoint(endpoint: str) -> str:
+    try:
+        url = httpx.URL(endpoint)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"event_endpoint ({endpoint!r}) is not a URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"event_endpoint ({endpoint!r}) must be an http or https URL with a host, "
+            "e.g. http://127.0.0.1:8765/v1/events"
+        )
+    return endpoint
+
+
 class Client:
     """An Optimizely client for async code: track conversions, deliver them in batches.
 
@@ -96,7 +109,8 @@ class Client:
 
     Raises:
         DatafileError: The datafile is invalid (the message says what and where).
-        ValueError: An option is out of range or contradicts another.
+        ValueError: An option is out of range or contradicts another, or
+            ``event_endpoint`` is not an http(s) URL.
     """
 
     def __init__(
@@ -136,14 +150,13 @@ class Client:
             close_timeout=close_timeout,
             retry=retry if retry is not None else RetryPolicy(),
         )
-        self.event_endpoint = event_endpoint or self._config.default_event_endpoint
+        self.event_endpoint = _check_endpoint(event_endpoint or self._config.default_event_endpoint)
         self._factory = EventFactory(self._config, self.event_endpoint)
         self._context = self._factory.context
         self._http = http_client
         self.notification_center = NotificationCenter()
         self._processor = BatchProcessor(self._options, self.notification_center)
         self._block = self._options.overflow is Overflow.BLOCK
-        self._batch_size = self._options.batch_size
         self._strict = strict
         self._engine = DecisionEngine(self._config)
         self._profiles = user_profile_service
@@ -201,6 +214,7 @@ class Client:
             return
         self._processor.close(timeout)
         await self._processor.wait_stopped()
+        self._state = _CLOSED
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
         """Send everything tracked so far, and wait until it is delivered or given up on.
@@ -267,9 +281,9 @@ class Client:
         if self._block:
             return await self._submit_blocking(data, event_key, user_id, attributes, event_tags)
         result = self._submit(data, event_key, user_id, attributes, event_tags)
-        if self._processor.queued % self._batch_size == 0:
-            # A full batch is waiting: let the worker (and the network) have a turn, so a
-            # tight loop of track calls cannot starve delivery.
+        if self._processor.turn():
+            # Let the worker (and the network) have a turn now and then, so that a tight
+            # loop of track calls cannot starve delivery.
             await anyio.lowlevel.checkpoint()
         return result
 
@@ -358,7 +372,7 @@ class Client:
             if self._state == _NEW:
                 raise ClientStateError("track() needs a running client: use `async with client:`")
             return self._refused(Reason.CLOSED, "the client is closed")
-        if type(event_key) is not str or not event_key:
+        if not isinstance(event_key, str) or not event_key:
             return self._invalid(f"event_key must be a non-empty str, not {event_key!r:.60}")
         if not isinstance(user_id, str):
             return self._invalid(f"user_id must be a str, not {type(user_id).__name__}")
@@ -427,8 +441,7 @@ class Client:
             RuleType.EXPERIMENT,
             True,
         )
-        if data is not None:
-            await self._enqueue([data])
+        await self._enqueue([data])
         return decision.variation.key
 
     def get_variation(
@@ -778,10 +791,14 @@ class Client:
     ) -> frozenset[DecideOption]:
         chosen = self.default_decide_options
         if options:
-            try:
-                chosen = chosen.union([DecideOption(o) for o in options])
-            except ValueError as exc:
-                self._invalid_decision(f"Invalid decide option: {exc}")
+            valid = []
+            for option in options:
+                try:
+                    valid.append(DecideOption(option))
+                except ValueError:
+                    # As Optimizely's SDK: an unknown option is ignored, the others apply.
+                    self._invalid_decision(f"Unknown decide option {option!r}: ignored.")
+            chosen = chosen.union(valid)
         if single and DecideOption.ENABLED_FLAGS_ONLY in chosen:
             chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
         return chosen
@@ -826,10 +843,7 @@ class Client:
             if result.enabled or DecideOption.ENABLED_FLAGS_ONLY not in chosen:
                 decisions[key] = result
         if impressions:
-            if self._block:
-                await self._enqueue(impressions)
-            else:
-                self._enqueue_nowait(impressions)
+            await self._enqueue(impressions)
         if profile is not None and profile.changed:
             await self._save_profile(profile)
         return decisions
@@ -901,18 +915,17 @@ class Client:
         decision: VariationDecision,
         enabled: bool,
     ) -> bool:
-        data = self._impression(
-            user_id,
-            attributes_json,
-            flag_key,
-            decision.experiment,
-            decision.variation,
-            decision.rule_type or RuleType.ROLLOUT,
-            enabled,
+        impressions.append(
+            self._impression(
+                user_id,
+                attributes_json,
+                flag_key,
+                decision.experiment,
+                decision.variation,
+                decision.rule_type or RuleType.ROLLOUT,
+                enabled,
+            )
         )
-        if data is None:
-            return False
-        impressions.append(data)
         return True
 
     def _impression(
@@ -924,10 +937,12 @@ class Client:
         variation: Variation | None,
         rule_type: RuleType,
         enabled: bool,
-    ) -> bytes | None:
-        """An impression, serialized; ``None`` when the decision calls for none."""
-        if rule is None and rule_type is not RuleType.ROLLOUT:
-            return None  # as Optimizely: no impression without a rule, but for a rollout
+    ) -> bytes:
+        """An impression, serialized.
+
+        Without a rule (a flag-level forced decision, or nothing decided), the campaign,
+        experiment and rule are empty, as Optimizely's SDK sends them.
+        """
         return self._factory.impression(
             user_id, attributes_json, flag_key, rule, variation, rule_type.value, enabled
         )
@@ -945,6 +960,8 @@ class Client:
         """Queue impressions, waiting for room when the overflow policy is BLOCK."""
         if self._state != _RUNNING or not self._block:
             self._enqueue_nowait(impressions)
+            if self._processor.turn():
+                await anyio.lowlevel.checkpoint()  # as in track
             return
         for data in impressions:
             await self._processor.put(self._context, data)
@@ -1052,7 +1069,7 @@ class Client:
     ) -> None:
         self.notification_center.send(
             NotificationType.DECISION,
-            DecisionNotification(kind, user_id, attributes or {}, info),
+            DecisionNotification(kind, user_id, MappingProxyType(dict(attributes or {})), info),
         )
 
     # -- users -----------------------------------------------------------------------
@@ -1142,7 +1159,7 @@ class UserContext:
                 data, event_key, self.user_id, self._attributes, event_tags
             )
         result = client._submit(data, event_key, self.user_id, self._attributes, event_tags)
-        if client._processor.queued % client._batch_size == 0:
+        if client._processor.turn():
             await anyio.lowlevel.checkpoint()  # as in Client.track
         return result
 
@@ -1166,6 +1183,17 @@ class UserContext:
             DecisionError: An unknown flag and the client is strict.
             ClientStateError: The client was never entered.
         """
+        if not isinstance(key, str):
+            self.client._invalid_decision(f"Flag key must be a str, not {key!r:.60}.")
+            return Decision(
+                None,
+                False,
+                _NO_VARIABLES,
+                None,
+                key,
+                self,
+                (f'No flag was found for key "{key}".',),
+            )
         decisions = await self.client._decide(self, (key,), options, single=True)
         return decisions[key]
 

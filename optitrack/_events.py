@@ -378,7 +378,7 @@ class EventFactory:
             heads = self._attribute_heads
             for key, value in attributes.items():
                 value_json = _attribute_value_json(value)
-                if value_json is None or type(key) is not str:
+                if value_json is None or not isinstance(key, str):
                     continue
                 head = heads[key] if key in heads else self._attribute_head(key)
                 if head is not None:

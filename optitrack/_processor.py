@@ -16,12 +16,14 @@ At every moment ``accepted == delivered + sum(dropped) + queued + in_flight``.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import math
 import os
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -149,13 +151,24 @@ class _Part:
         "first_seq",
         "items",
         "key",
+        "splits",
         "started",
     )
 
-    def __init__(self, ctx: BatchContext, items: list[bytes], first_seq: int) -> None:
+    def __init__(
+        self,
+        ctx: BatchContext,
+        items: list[bytes],
+        first_seq: int,
+        splits: list[int] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.items = items
         self.first_seq = first_seq
+        # Splits left to the whole batch, shared by its pieces: isolating a few bad
+        # events takes about 2 log2(n) requests; an endpoint that refuses everything
+        # must not cost 2n.
+        self.splits = splits if splits is not None else [3 * len(items).bit_length() + 2]
         self.key = new_uuid()
         self.body: bytes | None = None
         self.attempts = 0  # every attempt, for the attempt header
@@ -165,9 +178,10 @@ class _Part:
 
     def split(self) -> tuple[_Part, _Part]:
         half = len(self.items) // 2
+        self.splits[0] -= 1
         return (
-            _Part(self.ctx, self.items[:half], self.first_seq),
-            _Part(self.ctx, self.items[half:], self.first_seq + half),
+            _Part(self.ctx, self.items[:half], self.first_seq, self.splits),
+            _Part(self.ctx, self.items[half:], self.first_seq + half, self.splits),
         )
 
 
@@ -240,7 +254,14 @@ class BatchProcessor:
         self._limiter = anyio.CapacityLimiter(options.max_in_flight)
         self._failures = 0
         self._breaker_open = False
-        self._recovered = anyio.Event()  # set when the breaker closes again
+        # Set (then replaced) to end every backoff early: the endpoint answers again, or
+        # the client is closing and each batch gets one last attempt.
+        self._nudge = anyio.Event()
+        # The clock of the running loop. Taken once in run(), so that intake works from
+        # any code on the loop's thread (a callback too), where sniffio cannot tell.
+        self._now: Callable[[], float] = anyio.current_time
+        self._offers = 0  # calls since track last let the worker have a turn
+        self._pressure = False  # the queue refused an event for want of room
         # Retry-After pauses, by endpoint, on the anyio clock.
         self._resume_at: dict[str, float] = {}
 
@@ -267,6 +288,9 @@ class BatchProcessor:
             self._queued_bytes + size > self._max_queue_bytes
         ):
             if not self._drop_oldest:
+                if not self._pressure:
+                    self._pressure = True  # send now: waiting for the interval wastes room
+                    self._wake()
                 return Reason.QUEUE_FULL
             self._evict_for(size)
         segments = self._segments
@@ -286,7 +310,7 @@ class BatchProcessor:
         wakeup = self._wakeup
         if wakeup is not None:
             if self._queued == 1:
-                self._oldest_at = anyio.current_time()
+                self._oldest_at = self._now()
                 self._wakeup = None
                 wakeup.set()
             elif len(items) >= self._batch_size or (
@@ -295,7 +319,7 @@ class BatchProcessor:
                 self._wakeup = None
                 wakeup.set()
         elif self._queued == 1:
-            self._oldest_at = anyio.current_time()
+            self._oldest_at = self._now()
         return None
 
     def put_nowait(self, ctx: BatchContext, data: bytes) -> Reason | None:
@@ -346,7 +370,7 @@ class BatchProcessor:
         capacity = reason in (Reason.QUEUE_FULL, Reason.CLOSED, Reason.EVENT_TOO_LARGE)
         self._throttled.log(
             logging.WARNING if capacity else logging.ERROR,
-            f"{reason}:{message}" if not capacity else reason,
+            reason,  # by reason: messages carry the caller's values, all different
             "%s",
             message or f"Event refused ({reason.value}).",
         )
@@ -391,6 +415,7 @@ class BatchProcessor:
         dropped (``shutdown``), never silently lost.
         """
         self._http = http_client
+        self._now = _loop_clock()
         try:
             # close() sets this scope's deadline: everything, the drain included, ends by it.
             with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
@@ -402,25 +427,27 @@ class BatchProcessor:
                     task_group.cancel_scope.cancel()
         finally:
             self._closed = self._closing = True
-            if not self._forked and (self._queued or self._parts):
-                # Cancelled from outside (the task owning the client was): drain anyway,
-                # shielded, within the deadline.
-                remaining = self._remaining()
-                if remaining > 0:
-                    with anyio.move_on_after(remaining, shield=True):
-                        async with anyio.create_task_group() as task_group:
-                            self._task_group = task_group
-                            await self._pump()
-                            await self._wait_until_idle()
-                            task_group.cancel_scope.cancel()
-            self._give_up(Reason.SHUTDOWN)
-            self._task_group = None
-            self._stopped.set()
+            try:
+                if not self._forked and (self._queued or self._parts):
+                    # Cancelled from outside (the task owning the client was): drain
+                    # anyway, shielded, within the deadline.
+                    remaining = self._remaining()
+                    if remaining > 0:
+                        with anyio.move_on_after(remaining, shield=True):
+                            async with anyio.create_task_group() as task_group:
+                                self._task_group = task_group
+                                await self._pump()
+                                await self._wait_until_idle()
+                                task_group.cancel_scope.cancel()
+            finally:
+                self._give_up(Reason.SHUTDOWN)
+                self._task_group = None
+                self._stopped.set()
 
     def _remaining(self) -> float:
         if self._deadline is None:
-            self._deadline = anyio.current_time() + self.options.close_timeout
-        return max(self._deadline - anyio.current_time(), 0.0)
+            self._deadline = self._now() + self.options.close_timeout
+        return max(self._deadline - self._now(), 0.0)
 
     async def _wait_until_idle(self) -> None:
         waiter = _FlushWaiter(self._accepted - 1)
@@ -451,7 +478,7 @@ class BatchProcessor:
                 continue
             if not self._head_ready():
                 due = self._oldest_at + self.options.flush_interval
-                if anyio.current_time() < due:
+                if self._now() < due:
                     await self._sleep_until(due)
                     continue
             token = object()
@@ -463,7 +490,12 @@ class BatchProcessor:
             self._start(part, token)
 
     def _head_ready(self) -> bool:
-        if self._closing or self._flush_through >= self._removed or len(self._segments) > 1:
+        if (
+            self._closing
+            or self._pressure
+            or self._flush_through >= self._removed
+            or len(self._segments) > 1
+        ):
             return True
         segment = self._segments[0]
         count = len(segment.items)
@@ -473,7 +505,7 @@ class BatchProcessor:
 
     async def _sleep_until(self, deadline: float | None) -> None:
         wakeup = self._wakeup = anyio.Event()
-        delay = math.inf if deadline is None else deadline - anyio.current_time()
+        delay = math.inf if deadline is None else deadline - self._now()
         with anyio.move_on_after(delay):
             await wakeup.wait()
         self._wakeup = None
@@ -514,7 +546,8 @@ class BatchProcessor:
         self._parts.add(part)
         self._batches += 1
         if self._queued:
-            self._oldest_at = anyio.current_time()
+            self._oldest_at = self._now()
+        self._pressure = False
         if self._room is not None:
             self._room.set()
             self._room = None
@@ -575,8 +608,8 @@ class BatchProcessor:
         body = await self._body(part)
         while True:
             if part.started is None:
-                part.started = anyio.current_time()
-            pause = self._resume_at.get(part.ctx.endpoint, -math.inf) - anyio.current_time()
+                part.started = self._now()
+            pause = self._resume_at.get(part.ctx.endpoint, -math.inf) - self._now()
             if pause > 0:
                 await anyio.sleep(pause)
             part.attempts += 1
@@ -590,7 +623,7 @@ class BatchProcessor:
                 self._log_event(part, headers, body, "delivered", status)
                 self._finish(part, None)
                 return None
-            if status in (400, 413) and count > 1:
+            if status in (400, 413) and count > 1 and part.splits[0] > 0:
                 self._log_event(part, headers, body, "split", status)
                 part.done = True
                 self._parts.discard(part)
@@ -612,7 +645,7 @@ class BatchProcessor:
             self._on_failure()
             if not outage:
                 part.charged += 1
-            elapsed = anyio.current_time() - part.started
+            elapsed = self._now() - part.started
             wait = retry.backoff(part.attempts)
             if self._breaker_open:
                 wait = min(wait, retry.probe_interval)
@@ -620,7 +653,7 @@ class BatchProcessor:
                 wait = max(wait, min(retry_after, retry.retry_after_max))
                 endpoint = part.ctx.endpoint
                 resume = self._resume_at.get(endpoint, -math.inf)
-                self._resume_at[endpoint] = max(resume, anyio.current_time() + wait)
+                self._resume_at[endpoint] = max(resume, self._now() + wait)
             if part.charged >= retry.attempts or elapsed + wait >= retry.timeout:
                 self._log_event(part, headers, body, "dropped", status, error)
                 logger.error(
@@ -640,9 +673,9 @@ class BatchProcessor:
                 count,
                 wait,
             )
-            # Back off, but go at once when another request finds the endpoint back.
+            # Back off, but go at once when the endpoint answers again or at close.
             with anyio.move_on_after(wait):
-                await self._recovered.wait()
+                await self._nudge.wait()
 
     async def _attempt(
         self, part: _Part, body: bytes, headers: dict[str, str]
@@ -664,6 +697,16 @@ class BatchProcessor:
                 return None, "timeout", None
             except httpx.HTTPError as exc:
                 return None, type(exc).__name__, None
+            except Exception as exc:
+                # Not a network failure (a closed or misconfigured http_client, a bug
+                # below us): a failed attempt all the same, and never the worker's end.
+                self._throttled.log(
+                    logging.ERROR,
+                    "unexpected",
+                    "Sending to the Events API raised %r; counted as a failed attempt.",
+                    exc,
+                )
+                return None, type(exc).__name__, None
         if response is None:
             return None, "timeout", None
         status = response.status_code
@@ -678,14 +721,17 @@ class BatchProcessor:
         if self._breaker_open:
             self._breaker_open = False
             self._limiter.total_tokens = self.options.max_in_flight
-            self._recovered.set()
+            self._nudge_senders()
             logger.warning("Events API answers again: resuming at full speed.")
+
+    def _nudge_senders(self) -> None:
+        self._nudge.set()
+        self._nudge = anyio.Event()
 
     def _on_failure(self) -> None:
         self._failures += 1
         if not self._breaker_open and self._failures >= self._retry.breaker_threshold:
             self._breaker_open = True
-            self._recovered = anyio.Event()
             self._limiter.total_tokens = 1
             logger.warning(
                 "Events API failed %d times in a row: probing with one request at a time.",
@@ -823,12 +869,11 @@ class BatchProcessor:
             timeout: The drain's deadline from now; defaults to ``close_timeout``.
         """
         self._closed = self._closing = True
-        deadline = anyio.current_time() + (
-            self.options.close_timeout if timeout is None else timeout
-        )
+        deadline = self._now() + (self.options.close_timeout if timeout is None else timeout)
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
         if self._scope is not None:
             self._scope.deadline = self._deadline
+        self._nudge_senders()
         self._wake()
         if self._room is not None:
             self._room.set()
@@ -837,6 +882,18 @@ class BatchProcessor:
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has returned."""
         await self._stopped.wait()
+
+    def turn(self) -> bool:
+        """Whether the caller should let the worker run now.
+
+        True once per ``batch_size`` calls, and whenever the queue is short of room: a
+        tight loop of calls that never awaits anything else still lets delivery run.
+        """
+        self._offers += 1
+        if self._offers >= self._batch_size or self._pressure:
+            self._offers = 0
+            return True
+        return False
 
     @property
     def queued(self) -> int:
@@ -864,6 +921,16 @@ class BatchProcessor:
             retries=self._retries,
             bytes_sent=self._bytes_sent,
         )
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock, callable from any code on the loop's thread."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio: the other backend anyio runs on is Trio
+        import trio
+
+        return trio.current_time
 
 
 def _gzip(body: bytes) -> bytes:

@@ -16,7 +16,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_WAIT_INITIAL = 0.2
 DEFAULT_WAIT_MAX = 10.0
 DEFAULT_WAIT_JITTER = 1.0
-DEFAULT_RETRY_AFTER_MAX = 60.0
+DEFAULT_RETRY_AFTER_MAX = 30.0
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_PROBE_INTERVAL = 1.0
 
@@ -64,8 +64,12 @@ class RetryPolicy:
     probe_interval: float = DEFAULT_PROBE_INTERVAL
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts ({self.attempts}) must be >= 1")
+        if (
+            isinstance(self.attempts, bool)
+            or not isinstance(self.attempts, int)
+            or self.attempts < 1
+        ):
+            raise ValueError(f"attempts ({self.attempts!r}) must be an integer >= 1")
         for name in ("attempt_timeout", "timeout"):
             value = getattr(self, name)
             if not value > 0:
@@ -80,7 +84,7 @@ class RetryPolicy:
             )
         if not 0.0 <= self.wait_jitter <= 1.0:
             raise ValueError(f"wait_jitter ({self.wait_jitter}) must be between 0.0 and 1.0")
-        if self.breaker_threshold < 1:
+        if not isinstance(self.breaker_threshold, int) or self.breaker_threshold < 1:
             raise ValueError(f"breaker_threshold ({self.breaker_threshold}) must be >= 1")
 
     def backoff(self, retry: int) -> float:

@@ -288,3 +288,20 @@ async def test_many_concurrent_trackers(datafile: dict[str, Any]) -> None:
     assert api.event_count == 1000
     assert api.revenue == 1000
     assert api.duplicate_uuids() == {}
+
+
+async def test_str_subclasses_are_strings(datafile: dict[str, Any]) -> None:
+    from enum import StrEnum
+
+    class Events(StrEnum):
+        PURCHASE = "purchase"
+
+    class Keys(StrEnum):
+        PLAN = "plan"
+
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        assert await client.track(Events.PURCHASE, "u", {Keys.PLAN: "pro"})
+    (event,) = api.events
+    assert event.key == "purchase"
+    assert [a.key for a in api.visitors[0].attributes] == ["plan", "$opt_bot_filtering"]

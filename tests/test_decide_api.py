@@ -298,12 +298,51 @@ async def test_forced_decisions(datafile: dict[str, Any]) -> None:
         assert user.remove_all_forced_decisions()
         assert user.get_forced_decision(rule) is None
         assert (await user.decide("new_checkout")).variation_key == "treatment"
-    # The rule-level forced decision sends an impression; the flag-level one, with no
-    # rule, does not (as in Optimizely's SDK).
+    # Forced decisions send impressions; the flag-level one has no rule, so its campaign,
+    # experiment and rule are empty, as Optimizely's SDK sends them.
     assert [(i["rule_key"], i["variation_key"]) for i in impressions(api)] == [
         ("checkout_test", "control"),
+        ("", "on"),
         ("checkout_test", "treatment"),
     ]
+    flag_level = api.visitors[1].snapshots[0]
+    assert flag_level.decisions is not None
+    decision = flag_level.decisions[0]
+    assert (decision.campaign_id, decision.experiment_id, decision.variation_id) == (
+        "",
+        "",
+        "60201",
+    )
+    assert decision.metadata.rule_type == "feature-test"
+    assert flag_level.events[0].entity_id == ""
+
+
+async def test_forced_decision_impressions_match_optimizely_sdk(datafile: dict[str, Any]) -> None:
+    from optimizely import optimizely as optimizely_module
+    from optimizely.logger import NoOpLogger
+    from optimizely.optimizely_user_context import OptimizelyUserContext
+
+    recorder = _Recorder()
+    reference = optimizely_module.Optimizely(
+        json.dumps(datafile), event_dispatcher=recorder, logger=NoOpLogger()
+    )
+    contexts = [("new_checkout", None, "on"), ("new_checkout", "checkout_test", "control")]
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        for flag_key, rule_key, variation_key in contexts:
+            mine = client.create_user_context("user_1", PRO)
+            mine.set_forced_decision(
+                DecisionContext(flag_key, rule_key), ForcedDecision(variation_key)
+            )
+            await mine.decide(flag_key)
+            theirs = reference.create_user_context("user_1", PRO)
+            theirs.set_forced_decision(
+                OptimizelyUserContext.OptimizelyDecisionContext(flag_key, rule_key),
+                OptimizelyUserContext.OptimizelyForcedDecision(variation_key),
+            )
+            theirs.decide(flag_key)
+    reference.close()
+    assert _visitors([r.json() for r in api.requests]) == _visitors(recorder.params)
 
 
 async def test_forced_variations_and_the_whitelist(datafile: dict[str, Any]) -> None:
@@ -503,3 +542,18 @@ async def test_decide_is_quiet_about_logging(
     async with asgi_client(EventsAPI(), datafile) as client:
         await client.create_user_context("user_1").decide("new_checkout")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_an_unknown_decide_option_is_ignored_not_the_others(
+    datafile: dict[str, Any],
+) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1")
+        decision = await user.decide(
+            "new_checkout", ["DISABLE_DECISION_EVENT", "INCLUDE_REASONS", "TYPO"]
+        )
+        assert decision.reasons
+        not_a_key = await user.decide(["new_checkout"])  # type: ignore[arg-type]
+        assert not_a_key.reasons
+    assert api.request_count == 0

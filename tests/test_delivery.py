@@ -25,6 +25,7 @@ from optitrack import NotificationType, Reason, RetryPolicy
 from optitrack._events import BatchContext
 from optitrack._notifications import NotificationCenter
 from optitrack._processor import BatchOptions, BatchProcessor
+from optitrack._results import ACCEPTED
 from optitrack.testing import Delay, EventsAPI, Hang, Reset, Respond, serve
 from tests.conftest import EVENTS_URL, asgi_client, check_ledger
 
@@ -606,23 +607,29 @@ async def test_block_gives_up_after_the_timeout(datafile: dict[str, Any]) -> Non
 
 
 async def test_the_queue_is_bounded_in_bytes(datafile: dict[str, Any]) -> None:
-    gate = Gate(EventsAPI())
+    gate = Gate(EventsAPI())  # never opens: what is sent stays in flight
     async with asgi_client(
         gate,
         datafile,
         max_queue_bytes=5_000,
         max_event_bytes=2_000,
+        max_in_flight=1,
         flush_interval=60,
         close_timeout=0.1,
     ) as client:
-        results = [
-            await client.track("purchase", f"u{n}", None, {"pad": "x" * 900}) for n in range(10)
-        ]
+        results = []
+        for n in range(20):
+            results.append(await client.track("purchase", f"u{n}", None, {"pad": "x" * 900}))
+            assert client.statistics().queued_bytes <= 5_000
         stats = client.statistics()
-    # Each event is a little over 1,000 bytes: four fit in 5,000.
-    assert [bool(r) for r in results] == [True] * 4 + [False] * 6
-    assert 4_000 < stats.queued_bytes <= 5_000
-    assert stats.refused == {"queue_full": 6}
+    # Each event is a little over 1,000 bytes: four fit in 5,000. A full queue is sent at
+    # once (no waiting for flush_interval), so four more fit; then the one request allowed
+    # in flight is held, and the queue stays full.
+    assert results[:4] == [ACCEPTED] * 4
+    assert sum(1 for r in results if r) == 8
+    assert stats.refused == {"queue_full": 12}
+    assert stats.in_flight == 4
+    assert stats.queued == 4
 
 
 async def test_an_event_too_large_is_refused_at_the_call(datafile: dict[str, Any]) -> None:
@@ -844,3 +851,136 @@ def _child(inherited: optitrack.Client, datafile: dict[str, Any], url: str) -> d
     thread.join(20)
     report["own_delivered"] = result[0] if result else None
     return report
+
+
+async def test_backoff_still_waits_after_an_outage_ended(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    api.fail_all(Respond(503))
+    policy = RetryPolicy(
+        breaker_threshold=2,
+        wait_initial=0.3,
+        wait_max=0.3,
+        wait_jitter=0.0,
+        probe_interval=0.01,
+    )
+    async with (
+        serve(api) as server,
+        optitrack.Client(datafile, event_endpoint=server.url, retry=policy) as client,
+    ):
+        await client.track("purchase", "before")
+        with anyio.fail_after(10):
+            await api.wait_for_requests(4)  # the breaker opened
+        api.heal()
+        assert (await client.flush()).complete  # and closed again
+        api.inject(Respond(503))
+        await client.track("purchase", "after")
+        assert (await client.flush()).complete
+    failed, retried = api.requests[-2:]
+    assert failed.status == 503
+    assert retried.status == 204
+    assert retried.time - failed.time >= 0.29  # a real backoff, not an instant retry
+
+
+async def test_a_closed_http_client_fails_attempts_not_the_worker(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=EventsAPI()))
+    await http.aclose()  # a user mistake: requests now raise RuntimeError
+    policy = RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.001)
+    async with optitrack.Client(
+        datafile, event_endpoint=EVENTS_URL, http_client=http, retry=policy
+    ) as client:
+        await client.track("purchase", "u")
+        result = await client.flush()
+    stats = client.statistics()
+    assert result.dropped == 1
+    assert stats.dropped == {"retries_exhausted": 1}
+    assert stats.pending == 0
+    assert "counted as a failed attempt" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1/v1/events", "localhost:8765/v1/events", "ftp://x/v1/events", ""]
+)
+def test_a_bad_endpoint_is_refused_up_front(datafile: dict[str, Any], endpoint: str) -> None:
+    if not endpoint:
+        datafile["region"] = "EU"  # "" means the default: fine
+        assert optitrack.Client(datafile, event_endpoint=endpoint).event_endpoint.startswith(
+            "https://eu."
+        )
+        return
+    with pytest.raises(ValueError, match="event_endpoint"):
+        optitrack.Client(datafile, event_endpoint=endpoint)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_track_nowait_from_a_loop_callback(datafile: dict[str, Any]) -> None:
+    import asyncio
+
+    api = EventsAPI()
+    results: list[optitrack.TrackResult] = []
+    done = anyio.Event()
+    async with asgi_client(api, datafile, flush_interval=0.01) as client:
+
+        def callback() -> None:
+            results.append(client.track_nowait("purchase", "from-a-callback"))
+            done.set()
+
+        asyncio.get_running_loop().call_soon(callback)
+        with anyio.fail_after(5):
+            await done.wait()
+            await api.wait_for_events(1)
+    assert results == [ACCEPTED]
+
+
+async def test_a_tight_loop_never_starves_delivery(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(
+        api, datafile, batch_size=100, max_queue_size=150, flush_interval=60
+    ) as client:
+        results = [await client.track("purchase", f"u{n}") for n in range(3000)]
+        sent_during_the_loop = api.event_count
+    assert sent_during_the_loop > 1000
+    assert sum(1 for r in results if r) == api.event_count
+
+
+async def test_decisions_in_a_tight_loop_let_delivery_run(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(
+        api, datafile, batch_size=10, max_queue_size=50, flush_interval=60
+    ) as client:
+        for n in range(500):
+            await client.create_user_context(f"u{n}").decide("new_checkout")
+        for n in range(500):
+            await client.activate("checkout_test", f"v{n}")
+        sent_during_the_loops = api.event_count
+        stats = client.statistics()
+    assert sent_during_the_loops > 500
+    assert stats.accepted > 900
+
+
+async def test_an_endpoint_that_refuses_everything_costs_few_requests(
+    datafile: dict[str, Any],
+) -> None:
+    api = EventsAPI()
+    api.fail_all(Respond(400))
+    async with asgi_client(api, datafile, batch_size=1000, flush_interval=60) as client:
+        for n in range(1000):
+            await client.track("purchase", f"u{n}")
+        result = await client.flush()
+    assert result.dropped == 1000
+    assert client.statistics().dropped == {"http_400": 1000}
+    assert len(api.requests) <= 65  # 32 splits (3 log2 n + 2), 2 requests each, and 1
+
+
+async def test_refusal_logs_do_not_flood(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime
+
+    async with asgi_client(EventsAPI(), datafile) as client:
+        for n in range(200):
+            await client.track("purchase", "u", None, {"when": datetime.datetime.now()})
+            await client.track(f"unknown-{n}", "u")
+    refusals = [r for r in caplog.records if "not" in r.getMessage()]
+    assert len(refusals) <= 4

@@ -22,7 +22,8 @@ def test_policy_is_frozen_and_keyword_only() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"attempts": 0}, r"attempts \(0\) must be >= 1"),
+        ({"attempts": 0}, r"attempts \(0\) must be an integer >= 1"),
+        ({"attempts": 2.5}, r"attempts \(2.5\) must be an integer >= 1"),
         ({"timeout": 0}, r"timeout \(0\) must be > 0"),
         ({"attempt_timeout": -1}, r"attempt_timeout \(-1\) must be > 0"),
         ({"wait_initial": 2, "wait_max": 1}, r"wait_initial \(2\) must be <= wait_max \(1\)"),

@@ -133,6 +133,13 @@ async def collector(host: str, port: int, validate: bool = True, out: Any = None
         await anyio.sleep_forever()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``optitrack`` command line.
 
@@ -149,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_demo = commands.add_parser(
         "demo", help="track conversions to a local Events API stand-in and report"
     )
-    run_demo.add_argument("--users", type=int, default=1_000)
-    run_demo.add_argument("--events", type=int, default=5_000)
-    run_demo.add_argument("--batch-size", type=int, default=500)
+    run_demo.add_argument("--users", type=_positive, default=1_000)
+    run_demo.add_argument("--events", type=_positive, default=5_000)
+    run_demo.add_argument("--batch-size", type=_positive, default=1_000)
     run_collector = commands.add_parser(
         "collector", help="serve the Events API stand-in and its results view"
     )

@@ -7,7 +7,7 @@ raises on purpose::
     ├── DatafileError (also ValueError)   a datafile that cannot be used, with where and why
     ├── TrackError (also ValueError)      a refused track call, raised in strict mode only
     ├── DecisionError (also ValueError)   a refused decision call, raised in strict mode only
-    └── ClientStateError (also RuntimeError)  the client is not running (not entered, closed)
+    └── ClientStateError (also RuntimeError)  the client was used before ``async with``
 
 Errors from httpx and pydantic never escape: they are translated at the boundary where
 they happen, and chained (``raise ... from exc``).
@@ -66,7 +66,10 @@ class DecisionError(OptitrackError, ValueError):
 
 
 class ClientStateError(OptitrackError, RuntimeError):
-    """The client was used outside ``async with`` (not started, or already closed)."""
+    """The client was used before it was started with ``async with``.
+
+    A closed client does not raise: its calls are refused with ``Reason.CLOSED``.
+    """
 
 
 @contextmanager

@@ -81,7 +81,7 @@ class LogEventNotification:
         body: The request body as sent (compressed when gzip is on).
         event_count: Events in the batch.
         attempt: The attempt number, from 1.
-        outcome: ``delivered``, ``retry``, ``split``, ``dropped``, or ``cancelled``.
+        outcome: ``delivered``, ``retry``, ``split`` or ``dropped``.
         status: The HTTP status, or ``None`` when no answer came.
         error: What went wrong when no answer came (``ConnectError``, ``timeout``...).
     """

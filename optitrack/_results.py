@@ -27,7 +27,7 @@ class Reason(StrEnum):
     EVENT_TOO_LARGE = "event_too_large"
     #: The queue was full (refused at the call, or evicted by ``drop_oldest``).
     QUEUE_FULL = "queue_full"
-    #: The client was closed (or not started, or inherited through ``fork``).
+    #: The client was closed (or inherited through ``fork``).
     CLOSED = "closed"
     #: Still queued or in flight when the shutdown deadline passed.
     SHUTDOWN = "shutdown"

@@ -449,7 +449,8 @@ class Client:
     ) -> str | None:
         """The variation a user gets in an experiment; sends nothing.
 
-        Being sync, it does not consult the user profile service (``activate`` does).
+        Being sync, it uses the user profile service only when the service has the sync
+        twins ``lookup_nowait`` and ``save_nowait`` (the in-memory one has).
 
         Args:
             experiment_key: The experiment's key.
@@ -466,7 +467,9 @@ class Client:
         if experiment is None:
             return None
         user = UserInput(user_id, attributes or {})
-        decision = self._engine.get_variation(experiment, user, None, include_reasons=False)
+        profile = self._load_profile_nowait(user_id)
+        decision = self._engine.get_variation(experiment, user, profile, include_reasons=False)
+        self._save_profile_nowait(profile)
         self._notify_variation(experiment, user_id, attributes, decision)
         return decision.variation_key
 
@@ -587,7 +590,8 @@ class Client:
         """A flag variable's value for a user, typed by the variable's type.
 
         The variation's value when the user's variation is enabled and sets it, else the
-        variable's default. Sends nothing; does not consult the user profile service.
+        variable's default. Sends nothing; uses the user profile service as
+        :meth:`get_variation` does.
 
         Args:
             feature_key: The flag's key.
@@ -721,9 +725,11 @@ class Client:
         flag = self._flag_input(feature_key, user_id, attributes)
         if flag is None:
             return None
+        profile = self._load_profile_nowait(user_id)
         decision = self._engine.decide_flag(
-            flag, UserInput(user_id, attributes or {}), {}, None, include_reasons=False
+            flag, UserInput(user_id, attributes or {}), {}, profile, include_reasons=False
         )
+        self._save_profile_nowait(profile)
         values = self._engine.all_variables(flag, decision.variation)
         if self.notification_center.has_listeners(NotificationType.DECISION):
             self._notify_decision(
@@ -765,9 +771,11 @@ class Client:
                 kind,
             )
             return None
+        profile = self._load_profile_nowait(user_id)
         decision = self._engine.decide_flag(
-            flag, UserInput(user_id, attributes or {}), {}, None, include_reasons=False
+            flag, UserInput(user_id, attributes or {}), {}, profile, include_reasons=False
         )
+        self._save_profile_nowait(profile)
         value = self._engine.variable_value(flag, variable_key, decision.variation)
         if self.notification_center.has_listeners(NotificationType.DECISION):
             self._notify_decision(
@@ -965,6 +973,27 @@ class Client:
             return
         for data in impressions:
             await self._processor.put(self._context, data)
+
+    def _load_profile_nowait(self, user_id: str) -> UserProfile | None:
+        # Sync calls can use a service only through its optional sync twins.
+        lookup = getattr(self._profiles, "lookup_nowait", None)
+        if lookup is None:
+            return None
+        try:
+            stored = lookup(user_id)
+        except Exception:
+            logger.exception('The user profile service failed to look up user "%s".', user_id)
+            stored = None
+        return UserProfile.from_lookup(user_id, stored)
+
+    def _save_profile_nowait(self, profile: UserProfile | None) -> None:
+        save = getattr(self._profiles, "save_nowait", None)
+        if save is None or profile is None or not profile.changed:
+            return
+        try:
+            save(profile.to_dict())
+        except Exception:
+            logger.exception('The user profile service failed to save user "%s".', profile.user_id)
 
     async def _load_profile(self, user_id: str) -> UserProfile | None:
         if self._profiles is None:

@@ -95,7 +95,10 @@ class UserProfileService(Protocol):
     Profiles have Optimizely's shape:
     ``{"user_id": "u", "experiment_bucket_map": {"<experiment id>": {"variation_id": "<id>"}}}``.
     Both methods are awaited; an exception from either is logged and the decision goes on
-    without the profile.
+    without the profile. The sync calls (``get_variation`` and the feature variable
+    getters) cannot await: they use a service only if it also has the sync twins
+    ``lookup_nowait(user_id)`` and ``save_nowait(profile)``, and decide without it
+    otherwise.
     """
 
     async def lookup(self, user_id: str) -> Mapping[str, Any] | None:
@@ -133,14 +136,33 @@ class InMemoryUserProfileService:
         Returns:
             A read-only view of the profile.
         """
+        return self.lookup_nowait(user_id)
+
+    async def save(self, profile: Mapping[str, Any]) -> None:
+        """Store a profile (a copy of it).
+
+        Args:
+            profile: The profile.
+        """
+        self.save_nowait(profile)
+
+    def lookup_nowait(self, user_id: str) -> Mapping[str, Any] | None:
+        """:meth:`lookup`, for the sync decision calls.
+
+        Args:
+            user_id: The user's id.
+
+        Returns:
+            A read-only view of the profile, or ``None``.
+        """
         profile = self._profiles.get(user_id)
         if profile is None:
             return None
         self._profiles.move_to_end(user_id)
         return MappingProxyType(profile)
 
-    async def save(self, profile: Mapping[str, Any]) -> None:
-        """Store a profile (a copy of it).
+    def save_nowait(self, profile: Mapping[str, Any]) -> None:
+        """:meth:`save`, for the sync decision calls.
 
         Args:
             profile: The profile.

@@ -380,6 +380,8 @@ async def test_user_profile_service_keeps_bucketing_sticky(datafile: dict[str, A
         ignored = await user.decide("new_checkout", ["IGNORE_USER_PROFILE_SERVICE"])
         assert ignored.variation_key == "control"
         assert client.get_variation("checkout_test", "user_2") == "control"
+        # The sync calls use the in-memory service too, through its sync twins.
+        assert client.get_variation("checkout_test", "user_1") == "treatment"
 
 
 async def test_a_failing_user_profile_service_does_not_stop_decisions(

@@ -79,7 +79,8 @@ class Client:
             await client.track("purchase", "user-1", {"plan": "pro"}, {"revenue": 4200})
 
     Args:
-        datafile: The project datafile: JSON text or bytes, a path, a mapping, or a
+        datafile: The project datafile: JSON text or bytes, a path (a string that is
+            not JSON names a file), a mapping, or a
             :class:`ProjectConfig` already loaded.
         event_endpoint: Where events go. Defaults to the Optimizely Events API of the
             datafile's region (EU or US).

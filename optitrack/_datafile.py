@@ -267,6 +267,8 @@ def _read(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Any:
         raise TypeError(
             f"a datafile is JSON text or bytes, a path or a mapping, not {type(source).__name__}"
         )
+    if isinstance(source, str) and not source.lstrip().startswith(("{", "[")):
+        source = Path(source)  # not JSON text: a path given as a string
     if isinstance(source, os.PathLike):
         try:
             source = Path(source).read_bytes()
@@ -282,8 +284,9 @@ def load_datafile(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) ->
     """Load and validate a project datafile.
 
     Args:
-        source: The datafile as JSON text or bytes, a path to a JSON file, or a mapping
-            (already parsed JSON).
+        source: The datafile as JSON text or bytes, a path to a JSON file (a
+            ``pathlib.Path``, or a string that is not JSON text), or a mapping (already
+            parsed JSON).
 
     Returns:
         The indexed, read-only project config.

@@ -16,7 +16,8 @@ from optitrack import DatafileError, load_datafile
 def test_loads_from_text_bytes_mapping_and_path(datafile: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "datafile.json"
     path.write_text(json.dumps(datafile))
-    for source in (json.dumps(datafile), json.dumps(datafile).encode(), datafile, path):
+    sources = (json.dumps(datafile), json.dumps(datafile).encode(), datafile, path, str(path))
+    for source in sources:
         config = load_datafile(source)
         assert config.revision == "42"
         assert config.events_by_key["purchase"].id == "30101"
@@ -127,6 +128,8 @@ def test_not_json_and_not_an_object() -> None:
 
 def test_missing_file_is_a_datafile_error(tmp_path: Path) -> None:
     (problem,) = _problems(tmp_path / "nope.json")
+    assert "nope.json" in problem
+    (problem,) = _problems(str(tmp_path / "nope.json"))
     assert "nope.json" in problem
 
 

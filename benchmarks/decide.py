@@ -1,9 +1,12 @@
 """Benchmark ``await user.decide(...)``, against optimizely-sdk's ``decide`` in the same run.
 
 The flag is ``new_checkout`` of the bundled example datafile: an experiment rule
-(``checkout_test``, 50/50) and a rollout (an audience rule, then "Everyone Else"). Users
-are made up front (``user-0`` ... with ``{"plan": "pro", "age": 34}``, so both rule kinds
-decide), and each call is timed with ``time.perf_counter_ns``.
+(``checkout_test``, 50/50) and a rollout (an audience rule, then "Everyone Else"). User
+contexts are made before each timed run, fresh ones every run (``user-0`` ... with
+``{"plan": "pro", "age": 34}``, so both rule kinds decide), so that every timed call is
+the first decision of its context, as when a context is made per request (optitrack
+renders a context's attributes once, at its first impression); each call is timed with
+``time.perf_counter_ns``.
 
 What it prints, on asyncio and on Trio (medians of repeated runs):
 
@@ -32,13 +35,17 @@ Run it from the repository root::
 
     python benchmarks/decide.py           # the full run, well under a minute
     python benchmarks/decide.py --quick   # a smoke run with small counts
+    python benchmarks/decide.py --profile # instead: cProfile of optitrack's decide
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import io
 import logging
+import pstats
 import queue
 import sys
 import time
@@ -124,12 +131,12 @@ async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> tuple[list[Ru
             batch_size=500,
         ) as client,
     ):
-        users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)]
-        warmup = users[:2000]
+        warmup = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(2000)]
         for user in warmup:
             await user.decide(FLAG, options)
         await client.flush()
         for _ in range(repeats):
+            users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)]
             samples = []
             clock = time.perf_counter_ns
             gc.collect()
@@ -149,6 +156,35 @@ async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> tuple[list[Ru
         delivered=api.statistics().events,
     )
     return runs, impressions
+
+
+async def profile_optitrack(calls: int) -> str:
+    """cProfile of ``calls`` decide calls with impressions (asyncio), top by tottime."""
+    api = EventsAPI(validate=False, parse=False, record=False)
+    profile = cProfile.Profile()
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
+        optitrack.Client(
+            datafile_text(),
+            event_endpoint="http://collector.test/v1/events",
+            http_client=http,
+            max_queue_size=max(calls * 2, 100_000),
+            flush_interval=60,
+        ) as client,
+    ):
+        for n in range(2000):  # warm up
+            await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG)
+        await client.flush()
+        users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)]
+        profile.enable()
+        for user in users:
+            await user.decide(FLAG)
+        profile.disable()
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+    text = out.getvalue()
+    start = text.find("   ncalls")
+    return text[start:].rstrip() if start >= 0 else text
 
 
 class _Discard:
@@ -188,8 +224,9 @@ def optimizely_runs(
         datafile_text(), event_dispatcher=dispatcher, logger=NoOpLogger(), **extra
     )
     options = [OptimizelyDecideOption.DISABLE_DECISION_EVENT] if quiet else []
-    users = [client.create_user_context(f"user-{n}", dict(ATTRIBUTES)) for n in range(calls)]
-    warmup = users[:warmup_calls]
+    warmup = [
+        client.create_user_context(f"user-{n}", dict(ATTRIBUTES)) for n in range(warmup_calls)
+    ]
     for user in warmup:
         user.decide(FLAG, list(options))
     made = len(warmup)
@@ -197,6 +234,7 @@ def optimizely_runs(
         _wait_dispatched(client, dispatcher, made)
     runs = []
     for _ in range(repeats):
+        users = [client.create_user_context(f"user-{n}", dict(ATTRIBUTES)) for n in range(calls)]
         samples = []
         clock = time.perf_counter_ns
         gc.collect()
@@ -264,9 +302,18 @@ def main(argv: list[str]) -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke run")
+    parser.add_argument(
+        "--profile", action="store_true", help="only a cProfile of optitrack's decide"
+    )
     args = parser.parse_args(argv[1:])
     calls, repeats = (5_000, 3) if args.quick else (50_000, 5)
     logging.getLogger("optitrack").setLevel(logging.ERROR)
+    if args.profile:
+        print_machine("decide: where optitrack's time goes", argv)
+        print(f"cProfile of {calls:,} awaited decide calls with impressions (asyncio)")
+        print("(cProfile inflates Python-level calls: read it for the ranking)")
+        print(anyio.run(profile_optitrack, calls))
+        return
     print_machine("decide: optitrack vs optimizely-sdk", argv)
     print(f"{calls:,} users per run, {repeats} runs per configuration; flag {FLAG!r}\n")
 

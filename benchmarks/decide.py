@@ -10,19 +10,20 @@ renders a context's attributes once, at its first impression); each call is time
 
 What it prints, on asyncio and on Trio (medians of repeated runs):
 
-1. decisions per second and per-call median and p99 of ``await user.decide(flag)``, the
-   impression serialized and queued for delivery (the client's worker sends it to an
-   in-process stand-in that only counts, between runs: ``decide`` does not yield, so the
-   timed loop does no I/O); and the process CPU per decision over the loop and the
-   delivery of its impressions after it;
+1. decisions per second and per-call median and p99 of ``await user.decide(flag)`` with
+   the client's defaults, the impression serialized and queued for delivery; ``decide``
+   lets the worker run once per ``batch_size`` calls, so the timed loop includes the
+   client's side of delivery, to the stand-in (``_collector.py --count-only``, a separate
+   process on 127.0.0.1); and the process CPU per decision over the loop and the
+   delivery of the rest of its impressions after it;
 2. the same with ``DISABLE_DECISION_EVENT`` (the decision alone);
 3. optimizely-sdk 5.7.0's ``user.decide(flag)`` ("CPU only"): its impression built by its
    ``BatchEventProcessor`` thread and handed to a dispatcher that only counts (no
    network), with a queue that holds every impression, and with
    ``DISABLE_DECISION_EVENT``; then as its users get it by default, its default event
    processor (a 1000-slot queue and its thread) with its default dispatcher's code
-   posting the impressions to the stand-in, in a separate process on 127.0.0.1; and the
-   ratios. Skipped, saying so, when optimizely-sdk is not installed;
+   posting the impressions to the same stand-in; and the ratios. Skipped, saying so,
+   when optimizely-sdk is not installed;
 4. impressions per decision, for each library: what was queued and delivered, against
    the decisions made (warm-up included). optimizely-sdk's event queue holds 1000 events
    and drops the rest when its thread falls behind: fewer impressions per decision than
@@ -53,7 +54,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 from _bench import (
     Collector,
     datafile_text,
@@ -66,7 +66,6 @@ from _bench import (
 )
 
 import optitrack
-from optitrack.testing import EventsAPI
 
 FLAG = "new_checkout"
 ATTRIBUTES = {"plan": "pro", "age": 34}
@@ -81,14 +80,19 @@ class Impressions:
     decisions: int
     queued: int | None  # None: not known (optimizely-sdk drops silently when full)
     delivered: int
+    refused: int | None = None
+    duplicates: int | None = None
 
     def line(self) -> str:
         """The figures, on one line."""
         per = self.delivered / max(self.decisions, 1)
         queued = "" if self.queued is None else f"{self.queued:,} impressions queued, "
+        extra = "" if self.refused is None else f", {self.refused} refused"
+        if self.duplicates is not None:
+            extra += f", {self.duplicates} duplicates"
         return (
             f"{self.decisions:,} decisions, {queued}{self.delivered:,} impressions "
-            f"delivered ({per:.3f} per decision)"
+            f"delivered ({per:.3f} per decision){extra}"
         )
 
 
@@ -115,22 +119,16 @@ def summarize(samples: list[int], wall: float, cpu: float | None) -> Run:
     )
 
 
-async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> tuple[list[Run], Impressions]:
-    """Time ``decide`` on a running client; impressions go to a counting stand-in."""
-    api = EventsAPI(validate=False, parse=False, record=False)
+async def optitrack_runs(
+    collector: Collector, calls: int, repeats: int, quiet: bool
+) -> tuple[list[Run], Impressions]:
+    """Time ``decide`` on a running client; impressions go to the counting stand-in."""
     options = [optitrack.DecideOption.DISABLE_DECISION_EVENT] if quiet else []
     runs = []
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
-        optitrack.Client(
-            datafile_text(),
-            event_endpoint="http://collector.test/v1/events",
-            http_client=http,
-            max_queue_size=max(calls * 2, 100_000),
-            flush_interval=60,
-            batch_size=500,
-        ) as client,
-    ):
+    before = collector.stats()
+    async with optitrack.Client(
+        datafile_text(), event_endpoint=collector.url, max_queue_size=max(calls * 2, 100_000)
+    ) as client:
         warmup = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(2000)]
         for user in warmup:
             await user.decide(FLAG, options)
@@ -147,31 +145,26 @@ async def optitrack_runs(calls: int, repeats: int, quiet: bool) -> tuple[list[Ru
                 await user.decide(FLAG, options)
                 samples.append(clock() - t0)
             wall = time.perf_counter() - started
-            await client.flush()  # deliver between runs, outside the timed loop
+            await client.flush()  # deliver the rest, outside the timed loop
             runs.append(summarize(samples, wall, time.process_time() - cpu0))
     ledger = client.statistics()
+    after = collector.stats()
     impressions = Impressions(
         decisions=len(warmup) + calls * repeats,
         queued=ledger.accepted,
-        delivered=api.statistics().events,
+        delivered=after["events"] - before["events"],
+        refused=sum(ledger.refused.values()),
+        duplicates=after["duplicates"] - before["duplicates"],
     )
     return runs, impressions
 
 
-async def profile_optitrack(calls: int) -> str:
+async def profile_optitrack(url: str, calls: int) -> str:
     """cProfile of ``calls`` decide calls with impressions (asyncio), top by tottime."""
-    api = EventsAPI(validate=False, parse=False, record=False)
     profile = cProfile.Profile()
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
-        optitrack.Client(
-            datafile_text(),
-            event_endpoint="http://collector.test/v1/events",
-            http_client=http,
-            max_queue_size=max(calls * 2, 100_000),
-            flush_interval=60,
-        ) as client,
-    ):
+    async with optitrack.Client(
+        datafile_text(), event_endpoint=url, max_queue_size=max(calls * 2, 100_000)
+    ) as client:
         for n in range(2000):  # warm up
             await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG)
         await client.flush()
@@ -312,42 +305,53 @@ def main(argv: list[str]) -> None:
         print_machine("decide: where optitrack's time goes", argv)
         print(f"cProfile of {calls:,} awaited decide calls with impressions (asyncio)")
         print("(cProfile inflates Python-level calls: read it for the ranking)")
-        print(anyio.run(profile_optitrack, calls))
+        with Collector(count_only=True) as collector:
+            print(anyio.run(profile_optitrack, collector.url, calls))
         return
     print_machine("decide: optitrack vs optimizely-sdk", argv)
     print(f"{calls:,} users per run, {repeats} runs per configuration; flag {FLAG!r}\n")
 
     results: dict[str, tuple[Run, list[Run]]] = {}
     impressions: dict[str, Impressions] = {}
-    for backend in ("asyncio", "trio"):
-        for quiet in (False, True):
-            runs, made = anyio.run(optitrack_runs, calls, repeats, quiet, backend=backend)
-            label = f"optitrack decide, {backend}" + (", no impression" if quiet else "")
-            results[label] = (best_of(runs), runs)
-            if not quiet:
-                impressions[label] = made
     peer_ok = optimizely_installed()
-    if peer_ok:
-        for quiet in (False, True):
-            discard = _Discard()
-            runs, decisions = optimizely_runs(calls, repeats, quiet, discard)
-            label = PEER_CPU + (", no impression" if quiet else "")
-            results[label] = (best_of(runs), runs)
-            if not quiet:
-                impressions[label] = Impressions(decisions, None, discard.events)
-        from track import RequestsDispatcher
+    with Collector(count_only=True) as collector:
+        print(f"stand-in: pid {collector.pid}, {collector.url} (separate process, counting)\n")
+        for backend in ("asyncio", "trio"):
+            for quiet in (False, True):
+                runs, made = anyio.run(
+                    optitrack_runs, collector, calls, repeats, quiet, backend=backend
+                )
+                label = f"optitrack decide, {backend}" + (", no impression" if quiet else "")
+                results[label] = (best_of(runs), runs)
+                if not quiet:
+                    impressions[label] = made
+        if peer_ok:
+            for quiet in (False, True):
+                discard = _Discard()
+                runs, decisions = optimizely_runs(calls, repeats, quiet, discard)
+                label = PEER_CPU + (", no impression" if quiet else "")
+                results[label] = (best_of(runs), runs)
+                if not quiet:
+                    impressions[label] = Impressions(decisions, None, discard.events)
+            from track import RequestsDispatcher
 
-        label = PEER_DEFAULTS
-        with Collector() as collector:
+            before = collector.stats()
             runs, decisions = optimizely_runs(
                 calls // 25, repeats, False, RequestsDispatcher(collector.url)
             )
             # Its close() joined the thread: what is not there within 2 s was dropped.
-            received = collector.wait_events(decisions, 2.0)["events"]
-        results[label] = (best_of(runs), runs)
-        impressions[label] = Impressions(decisions, None, received)
-    else:
-        print("optimizely-sdk is not installed: no peer comparison (pip install optimizely-sdk)")
+            after = collector.wait_events(before["events"] + decisions, 2.0)
+            results[PEER_DEFAULTS] = (best_of(runs), runs)
+            impressions[PEER_DEFAULTS] = Impressions(
+                decisions,
+                None,
+                after["events"] - before["events"],
+                duplicates=after["duplicates"] - before["duplicates"],
+            )
+        else:
+            print(
+                "optimizely-sdk is not installed: no peer comparison (pip install optimizely-sdk)"
+            )
 
     rows = [
         [

@@ -316,8 +316,9 @@ async def bare_post_cpu(url: str, requests: int) -> float:
 async def checkpoint_calls(url: str, calls: int) -> list[str]:
     """Time each awaited track call, and tell apart those that yielded to the worker.
 
-    ``track`` yields after an enqueue that leaves a multiple of ``batch_size`` queued; in
-    that checkpoint the worker forms the batch and starts its request.
+    ``track`` yields once per ``batch_size`` calls (and at every call while the queue is
+    short of room), when ``BatchProcessor.turn()`` says so and resets its count of calls;
+    in that checkpoint the worker forms a batch and starts its request.
     """
     users = USERS
     n = len(users)
@@ -340,7 +341,7 @@ async def checkpoint_calls(url: str, calls: int) -> list[str]:
             t0 = clock()
             await track(EVENT_KEY, user, {"plan": "pro"}, {"revenue": 4200})
             samples[i] = clock() - t0
-            yielded[i] = processor._queued % processor._batch_size == 0
+            yielded[i] = processor._offers == 0  # turn() said yes, and started again
     at = [samples[i] for i in range(calls) if yielded[i]]
     rest = [samples[i] for i in range(calls) if not yielded[i]]
     slow = [i for i in range(calls) if samples[i] > 50_000]

@@ -36,7 +36,7 @@ Run it from the repository root::
 
     python benchmarks/decide.py           # the full run, well under a minute
     python benchmarks/decide.py --quick   # a smoke run with small counts
-    python benchmarks/decide.py --profile # instead: cProfile of optitrack's decide
+    python benchmarks/decide.py --profile # instead: optitrack's decide piece by piece
 """
 
 from __future__ import annotations
@@ -180,6 +180,46 @@ async def profile_optitrack(url: str, calls: int) -> str:
     return text[start:].rstrip() if start >= 0 else text
 
 
+async def breakdown(url: str, calls: int, repeats: int) -> list[tuple[str, float]]:
+    """The decide path piece by piece, nothing sent meanwhile: ns per call, median."""
+    pieces: dict[str, list[float]] = {}
+    quiet = [optitrack.DecideOption.DISABLE_DECISION_EVENT]
+    async with optitrack.Client(
+        datafile_text(),
+        event_endpoint=url,
+        max_queue_size=10_000_000,
+        max_queue_bytes=3_000_000_000,
+        batch_size=10_000_000,
+        max_batch_bytes=3_500_000,
+        flush_interval=3600.0,
+        close_timeout=0.0,
+    ) as client:
+        for n in range(2000):  # warm up
+            await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG)
+        clock = time.perf_counter_ns
+        for _ in range(repeats):
+            gc.collect()
+            t0 = clock()
+            users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)]
+            pieces.setdefault("create_user_context(...)", []).append((clock() - t0) / calls)
+            for label, options, again in (
+                ("decide, DISABLE_DECISION_EVENT, a new context", quiet, False),
+                ("decide, an impression, a new context (the benchmark's case)", None, False),
+                ("decide, an impression, a context that decided before", None, True),
+            ):
+                if not again:
+                    users = [
+                        client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(calls)
+                    ]
+                gc.collect()
+                t0 = clock()
+                for user in users:
+                    await user.decide(FLAG, options)
+                pieces.setdefault(label, []).append((clock() - t0) / calls)
+        await client.aclose(timeout=0)  # what was queued is dropped: never sent
+    return [(label, median(values)) for label, values in pieces.items()]
+
+
 class _Discard:
     """An optimizely-sdk event dispatcher that keeps nothing (no network), but counts."""
 
@@ -296,16 +336,26 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke run")
     parser.add_argument(
-        "--profile", action="store_true", help="only a cProfile of optitrack's decide"
+        "--profile",
+        action="store_true",
+        help="only optitrack's decide, piece by piece, and a cProfile",
     )
     args = parser.parse_args(argv[1:])
     calls, repeats = (5_000, 3) if args.quick else (50_000, 5)
     logging.getLogger("optitrack").setLevel(logging.ERROR)
     if args.profile:
+        # The breakdown drops what it queued on purpose: no need to hear about it.
+        logging.getLogger("optitrack").setLevel(logging.CRITICAL)
         print_machine("decide: where optitrack's time goes", argv)
-        print(f"cProfile of {calls:,} awaited decide calls with impressions (asyncio)")
-        print("(cProfile inflates Python-level calls: read it for the ranking)")
         with Collector(count_only=True) as collector:
+            rows = [["piece (asyncio, nothing sent meanwhile)", "ns per call"]]
+            pieces = anyio.run(breakdown, collector.url, calls, repeats)
+            rows += [[label, f"{ns:,.0f}"] for label, ns in pieces]
+            print(f"the decide path, piece by piece (loops of {calls:,}, median of {repeats})")
+            print(table(rows))
+            print()
+            print(f"cProfile of {calls:,} awaited decide calls with impressions (asyncio)")
+            print("(cProfile inflates Python-level calls: read it for the ranking)")
             print(anyio.run(profile_optitrack, collector.url, calls))
         return
     print_machine("decide: optitrack vs optimizely-sdk", argv)

@@ -303,6 +303,7 @@ class EventFactory:
             tuple[str, int, int, str, bool],
             tuple[Experiment | Holdout | None, Variation | None, str],
         ] = {}
+        self._attributes_cache: dict[tuple[tuple[Any, ...], tuple[type, ...]], str] = {}
         if config.bot_filtering is None:
             self._bot_filtering = ""
         else:
@@ -310,6 +311,7 @@ class EventFactory:
                 '{"entity_id":"$opt_bot_filtering","key":"$opt_bot_filtering",'
                 '"type":"custom","value":%s}' % ("true" if config.bot_filtering else "false")
             )
+        self._no_attributes = "[" + self._bot_filtering + "]"
 
     def _impression_fragment(
         self,
@@ -373,19 +375,39 @@ class EventFactory:
         Returns:
             The JSON array text.
         """
+        if not attributes:
+            return self._no_attributes
+        # Attribute sets recur (a plan, a country, an app version): render each once.
+        # The key carries the values' types, so that 1, 1.0 and True never share an
+        # entry; sets with a float are not cached (0.0 and -0.0 are equal keys).
+        types = tuple(map(type, attributes.values()))
+        cacheable = float not in types
+        if cacheable:
+            try:
+                key = (tuple(attributes.items()), types)
+                cached = self._attributes_cache.get(key)
+            except TypeError:  # an unhashable value (a list): it is dropped anyway
+                cacheable = False
+            else:
+                if cached is not None:
+                    return cached
         parts: list[str] = []
-        if attributes:
-            heads = self._attribute_heads
-            for key, value in attributes.items():
-                value_json = _attribute_value_json(value)
-                if value_json is None or not isinstance(key, str):
-                    continue
-                head = heads[key] if key in heads else self._attribute_head(key)
-                if head is not None:
-                    parts.append(head + value_json + "}")
+        heads = self._attribute_heads
+        for name, value in attributes.items():
+            value_json = _attribute_value_json(value)
+            if value_json is None or not isinstance(name, str):
+                continue
+            head = heads[name] if name in heads else self._attribute_head(name)
+            if head is not None:
+                parts.append(head + value_json + "}")
         if self._bot_filtering:
             parts.append(self._bot_filtering)
-        return "[" + ",".join(parts) + "]"
+        text = "[" + ",".join(parts) + "]"
+        if cacheable:
+            if len(self._attributes_cache) >= 4096:  # bounded: values come from users
+                self._attributes_cache.clear()
+            self._attributes_cache[key] = text
+        return text
 
     def conversion(
         self,

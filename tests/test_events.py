@@ -304,3 +304,11 @@ def test_uuid_stream_is_reseeded_in_a_forked_child() -> None:
     os.waitpid(pid, 0)
     assert child
     assert child != mine
+
+
+def test_recurring_attribute_sets_keep_their_types(factory: EventFactory) -> None:
+    values = [1, True, 1.0, 1, True, -0.0, 0.0, "1", 1]
+    sent = [json.loads(factory.attributes_json({"age": value}))[0]["value"] for value in values]
+    assert [(type(v), v) for v in sent] == [(type(v), v) for v in values]
+    assert json.loads(factory.attributes_json({"age": -0.0}))[0]["value"] == 0.0
+    assert factory.attributes_json({"age": -0.0}) != factory.attributes_json({"age": 0.0})

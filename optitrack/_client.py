@@ -821,8 +821,13 @@ class Client:
         single: bool = False,
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys`` (``None`` for every flag of the datafile)."""
-        self._require_started("decide")
-        chosen = self._decide_options(options, single)
+        if self._state == _NEW:
+            self._require_started("decide")
+        chosen = (
+            self._decide_options(options, single)
+            if options or self.default_decide_options
+            else self.default_decide_options
+        )
         flags = self._config.flags_by_key
         wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
         user_input = UserInput(user.user_id, user._attributes, user._segments)
@@ -852,7 +857,12 @@ class Client:
             if result.enabled or DecideOption.ENABLED_FLAGS_ONLY not in chosen:
                 decisions[key] = result
         if impressions:
-            await self._enqueue(impressions)
+            if self._block and self._state == _RUNNING:
+                await self._enqueue(impressions)
+            else:  # inline: a coroutine less on the hot path
+                self._enqueue_nowait(impressions)
+                if self._processor.turn():
+                    await anyio.lowlevel.checkpoint()
         if profile is not None and profile.changed:
             await self._save_profile(profile)
         return decisions

@@ -963,7 +963,7 @@ class Client:
         experiment and rule are empty, as Optimizely's SDK sends them.
         """
         return self._factory.impression(
-            user_id, attributes_json, flag_key, rule, variation, rule_type.value, enabled
+            user_id, attributes_json, flag_key, rule, variation, rule_type, enabled
         )
 
     def _enqueue_nowait(self, impressions: list[bytes]) -> None:

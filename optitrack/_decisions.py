@@ -1005,27 +1005,22 @@ class DecisionEngine:
         for rule in plan.experiments:
             if holdout is not None and rule.type != _TYPE_TARGETED_DELIVERY:
                 continue
+            variation = None
             if forced_decisions:
                 variation = self._forced_decision(
                     plan, rule.key, forced_decisions, user_id, reasons
                 )
-                if variation is not None:
+            if variation is None:
+                local = self._local_holdout(
+                    rule, "experiment rule", user, bucketing_id, bad_id, reasons
+                )
+                if local is not None:
                     return self._result(
-                        rule.entity,
-                        variation,
-                        RuleType.FEATURE_TEST,
-                        reasons,
-                        include_reasons,
-                        holdout,
+                        local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
                     )
-            local = self._local_holdout(
-                rule, "experiment rule", user, bucketing_id, bad_id, reasons
-            )
-            if local is not None:
-                return self._result(local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons)
-            variation = self._experiment_variation(
-                rule, user, bucketing_id, bad_id, profile, reasons
-            )
+                variation = self._experiment_variation(
+                    rule, user, bucketing_id, bad_id, profile, reasons
+                )
             if variation is not None:
                 return self._result(
                     rule.entity,

@@ -14,6 +14,7 @@ from optimizely.helpers import condition_tree_evaluator
 from optimizely.logger import NoOpLogger, adapt_logger
 
 from optitrack._audiences import (
+    MATCH_TYPES,
     compare_semver,
     compile_audience,
     compile_audience_conditions,
@@ -68,23 +69,7 @@ VERSIONS = (
     "02.0.0",
 )
 SEGMENTS = ("seg_a", "seg_b", "seg_c")
-MATCHES = (
-    None,
-    "exact",
-    "exists",
-    "gt",
-    "ge",
-    "lt",
-    "le",
-    "substring",
-    "semver_eq",
-    "semver_gt",
-    "semver_ge",
-    "semver_lt",
-    "semver_le",
-    "qualified",
-    "regex",
-)
+MATCHES = (None, *MATCH_TYPES, "regex")  # None: no match key; "regex": an unknown one
 NAME_FOR_MATCH: dict[str | None, str] = {
     "gt": "age",
     "ge": "score",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
@@ -53,6 +54,34 @@ DatafileSource = str | bytes | os.PathLike[str] | Mapping[str, Any] | ProjectCon
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
 _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
+# Enum members as module constants: the hot paths compare them, and a module global is
+# several times cheaper to read than a class attribute of an enum.
+_FEATURE_TEST, _HOLDOUT, _ROLLOUT = RuleType.FEATURE_TEST, RuleType.HOLDOUT, RuleType.ROLLOUT
+_DECISION = NotificationType.DECISION
+
+
+@dataclass(frozen=True, slots=True)
+class _Choices:
+    """What a set of decide options asks for, worked out once per call."""
+
+    send_impressions: bool = True
+    with_reasons: bool = False
+    with_variables: bool = True
+    enabled_only: bool = False
+    use_profiles: bool = True
+
+    @classmethod
+    def of(cls, options: Collection[DecideOption]) -> _Choices:
+        return cls(
+            send_impressions=DecideOption.DISABLE_DECISION_EVENT not in options,
+            with_reasons=DecideOption.INCLUDE_REASONS in options,
+            with_variables=DecideOption.EXCLUDE_VARIABLES not in options,
+            enabled_only=DecideOption.ENABLED_FLAGS_ONLY in options,
+            use_profiles=DecideOption.IGNORE_USER_PROFILE_SERVICE not in options,
+        )
+
+
+_PLAIN = _Choices()
 
 
 def _check_endpoint(endpoint: str) -> str:
@@ -161,9 +190,18 @@ class Client:
         self._strict = strict
         self._engine = DecisionEngine(self._config)
         self._profiles = user_profile_service
-        self.default_decide_options = frozenset(DecideOption(o) for o in default_decide_options)
+        self._default_options = frozenset(DecideOption(o) for o in default_decide_options)
+        self._default_choices = _Choices.of(self._default_options)
+        self._choices_cache: dict[frozenset[Any], _Choices] = {}
+        # decide() has nothing to await without options, profiles or a full queue to wait on.
+        self._plain = not self._default_options and self._profiles is None and not self._block
         self._state = _NEW
         self._stack: AsyncExitStack | None = None
+
+    @property
+    def default_decide_options(self) -> frozenset[DecideOption]:
+        """The options added to every ``decide``."""
+        return self._default_options
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -795,122 +833,173 @@ class Client:
             )
         return value
 
-    def _decide_options(
-        self, options: Iterable[DecideOption | str] | None, single: bool
-    ) -> frozenset[DecideOption]:
-        chosen = self.default_decide_options
-        if options:
-            valid = []
-            for option in options:
-                try:
-                    valid.append(DecideOption(option))
-                except ValueError:
-                    # As Optimizely's SDK: an unknown option is ignored, the others apply.
-                    self._invalid_decision(f"Unknown decide option {option!r}: ignored.")
-            chosen = chosen.union(valid)
-        if single and DecideOption.ENABLED_FLAGS_ONLY in chosen:
-            chosen = chosen - {DecideOption.ENABLED_FLAGS_ONLY}
-        return chosen
+    def _choices(self, options: Iterable[DecideOption | str] | None) -> _Choices:
+        """What the client's default options and a call's ``options`` ask for."""
+        if not options:
+            return self._default_choices
+        key: frozenset[Any] | None = None
+        try:
+            key = frozenset(options)
+        except TypeError:  # something unhashable: invalid, reported below
+            pass
+        else:
+            cached = self._choices_cache.get(key)
+            if cached is not None:
+                return cached
+        chosen = set(self._default_options)
+        valid = True
+        for option in options:
+            try:
+                chosen.add(DecideOption(option))
+            except ValueError:
+                # As Optimizely's SDK: an unknown option is ignored, the others apply.
+                self._invalid_decision(f"Unknown decide option {option!r}: ignored.")
+                valid = False
+        choices = _Choices.of(chosen)
+        if valid and key is not None and len(self._choices_cache) < 64:
+            self._choices_cache[key] = choices  # only valid sets: a bad one logs each time
+        return choices
 
     async def _decide(
         self,
         user: UserContext,
         keys: Sequence[str] | None,
         options: Iterable[DecideOption | str] | None,
-        *,
-        single: bool = False,
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys`` (``None`` for every flag of the datafile)."""
-        if self._state == _NEW:
-            self._require_started("decide")
-        chosen = (
-            self._decide_options(options, single)
-            if options or self.default_decide_options
-            else self.default_decide_options
-        )
+        self._require_started("decide")
+        choices = self._choices(options)
         flags = self._config.flags_by_key
         wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
         user_input = UserInput(user.user_id, user._attributes, user._segments)
-        profile = None
-        if self._profiles is not None and DecideOption.IGNORE_USER_PROFILE_SERVICE not in chosen:
-            profile = await self._load_profile(user.user_id)
-        include_reasons = DecideOption.INCLUDE_REASONS in chosen
+        profile = await self._load_profile(user.user_id) if choices.use_profiles else None
         decisions: dict[str, Decision] = {}
         impressions: list[bytes] = []
         for key in wanted:
             flag = flags.get(key) if isinstance(key, str) else None
             if flag is None:
-                reasons: tuple[str, ...] = ()
-                if single:
-                    reasons = (f'No flag was found for key "{key}".',)
-                    logger.error("No feature flag was found for key '%s'.", key)
-                    if self._strict:
-                        raise DecisionError(reasons[0])
-                decisions[key] = Decision(
-                    None, False, MappingProxyType({}), None, key, user, reasons
-                )
+                decisions[key] = Decision(None, False, _NO_VARIABLES, None, key, user)
                 continue
             decision = self._engine.decide_flag(
-                flag, user_input, user._forced, profile, include_reasons=include_reasons
+                flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
             )
-            result = self._flag_decision(user, flag, decision, chosen, impressions)
-            if result.enabled or DecideOption.ENABLED_FLAGS_ONLY not in chosen:
+            result = self._flag_decision(user, flag, decision, choices, impressions)
+            if result.enabled or not choices.enabled_only:
                 decisions[key] = result
         if impressions:
-            if self._block and self._state == _RUNNING:
-                await self._enqueue(impressions)
-            else:  # inline: a coroutine less on the hot path
-                self._enqueue_nowait(impressions)
-                if self._processor.turn():
-                    await anyio.lowlevel.checkpoint()
+            await self._enqueue(impressions)
         if profile is not None and profile.changed:
             await self._save_profile(profile)
         return decisions
+
+    async def _decide_one(
+        self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
+    ) -> Decision:
+        """:meth:`UserContext.decide` with options or a user profile service."""
+        self._require_started("decide")
+        choices = self._choices(options)
+        flag = self._config.flags_by_key.get(key)
+        if flag is None:
+            return self._unknown_flag(user, key)
+        profile = await self._load_profile(user.user_id) if choices.use_profiles else None
+        decision = self._engine.decide_flag(
+            flag,
+            UserInput(user.user_id, user._attributes, user._segments),
+            user._forced,
+            profile,
+            include_reasons=choices.with_reasons,
+        )
+        impressions: list[bytes] = []
+        result = self._flag_decision(user, flag, decision, choices, impressions)
+        if impressions:
+            await self._enqueue(impressions)
+        if profile is not None and profile.changed:
+            await self._save_profile(profile)
+        return result
+
+    def _decide_now(self, user: UserContext, key: str) -> Decision:
+        """:meth:`UserContext.decide` without options, profiles or waiting for room.
+
+        Nothing to await: the impressions are queued (or refused) at once.
+        """
+        if self._state == _NEW:
+            self._require_started("decide")
+        flag = self._config.flags_by_key.get(key)
+        if flag is None:
+            return self._unknown_flag(user, key)
+        decision = self._engine.decide_flag(
+            flag,
+            UserInput(user.user_id, user._attributes, user._segments),
+            user._forced,
+            None,
+            include_reasons=False,
+        )
+        impressions: list[bytes] = []
+        result = self._flag_decision(user, flag, decision, _PLAIN, impressions)
+        if impressions:
+            self._enqueue_nowait(impressions)
+        return result
+
+    def _unknown_flag(self, user: UserContext, key: str) -> Decision:
+        reason = f'No flag was found for key "{key}".'
+        logger.error("No feature flag was found for key '%s'.", key)
+        if self._strict:
+            raise DecisionError(reason)
+        return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
 
     def _flag_decision(
         self,
         user: UserContext,
         flag: FeatureFlag,
         decision: VariationDecision,
-        options: frozenset[DecideOption],
+        choices: _Choices,
         impressions: list[bytes],
     ) -> Decision:
         """The decision for a flag; the impressions it calls for go on ``impressions``."""
         enabled = decision.enabled
-        attributes = user._attributes
+        variation = decision.variation
         dispatched = False
-        if DecideOption.DISABLE_DECISION_EVENT not in options:
+        if choices.send_impressions:
+            rule_type = decision.rule_type
             side = decision.holdout
-            if side is not None and decision.rule_type is not RuleType.HOLDOUT:
+            if side is not None and rule_type is not _HOLDOUT:
                 dispatched = self._flag_impression(
                     impressions, user.user_id, user._json(), flag.key, side, side.enabled
                 )
-            if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT) or (
-                self._config.send_flag_decisions
+            if (
+                rule_type is _FEATURE_TEST
+                or rule_type is _HOLDOUT
+                or (self._config.send_flag_decisions)
             ):
-                dispatched = (
-                    self._flag_impression(
-                        impressions, user.user_id, user._json(), flag.key, decision, enabled
+                impressions.append(
+                    self._factory.impression(
+                        user.user_id,
+                        user._attributes_json or user._json(),
+                        flag.key,
+                        decision.experiment,
+                        variation,
+                        rule_type or _ROLLOUT,
+                        enabled,
                     )
-                    or dispatched
                 )
+                dispatched = True
         variables: Mapping[str, Any] = _NO_VARIABLES
-        if DecideOption.EXCLUDE_VARIABLES not in options and flag.variables:
-            variables = MappingProxyType(self._engine.all_variables(flag, decision.variation))
+        if flag.variables and choices.with_variables:
+            variables = MappingProxyType(self._engine.all_variables(flag, variation))
         result = Decision(
-            decision.variation_key,
+            variation.key if variation is not None else None,
             enabled,
             variables,
             decision.rule_key,
             flag.key,
             user,
-            decision.reasons if DecideOption.INCLUDE_REASONS in options else (),
+            decision.reasons if choices.with_reasons else (),
         )
-        if self.notification_center.has_listeners(NotificationType.DECISION):
+        if self.notification_center.has_listeners(_DECISION):
             self._notify_decision(
                 "flag",
                 user.user_id,
-                attributes,
+                user._attributes,
                 {
                     "flag_key": flag.key,
                     "enabled": enabled,
@@ -920,7 +1009,7 @@ class Client:
                     "reasons": list(result.reasons),
                     "decision_event_dispatched": dispatched,
                     "experiment_id": decision.experiment.id if decision.experiment else None,
-                    "variation_id": decision.variation.id if decision.variation else None,
+                    "variation_id": variation.id if variation else None,
                 },
             )
         return result
@@ -1223,19 +1312,17 @@ class UserContext:
             DecisionError: An unknown flag and the client is strict.
             ClientStateError: The client was never entered.
         """
+        client = self.client
         if not isinstance(key, str):
-            self.client._invalid_decision(f"Flag key must be a str, not {key!r:.60}.")
-            return Decision(
-                None,
-                False,
-                _NO_VARIABLES,
-                None,
-                key,
-                self,
-                (f'No flag was found for key "{key}".',),
-            )
-        decisions = await self.client._decide(self, (key,), options, single=True)
-        return decisions[key]
+            client._invalid_decision(f"Flag key must be a str, not {key!r:.60}.")
+            reason = f'No flag was found for key "{key}".'
+            return Decision(None, False, _NO_VARIABLES, None, key, self, (reason,))
+        if options is not None or not client._plain:
+            return await client._decide_one(self, key, options)
+        decision = client._decide_now(self, key)
+        if client._processor.turn():
+            await anyio.lowlevel.checkpoint()  # as in Client.track
+        return decision
 
     async def decide_for_keys(
         self, keys: Sequence[str], options: Iterable[DecideOption | str] | None = None

@@ -13,12 +13,12 @@ the tests hold the two together.
 from __future__ import annotations
 
 import decimal
+import itertools
 import json
 import logging
 import math
 import numbers
 import os
-import random
 import time
 from collections.abc import Mapping
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
@@ -43,24 +43,38 @@ _MAX_SAFE_NUMBER = 2**53
 _CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
 
 
-# A uuid4 from a private generator: an order of magnitude cheaper than uuid.uuid4(), and
-# reseeded from the OS in a forked child so that parent and child never share a stream
-# (nor does a user's random.seed() touch it).
-_uuid_random = random.Random()
-os.register_at_fork(after_in_child=_uuid_random.seed)
-_bits = _uuid_random.getrandbits
+# Event uuids: 74 random bits per process (from the OS), then a 48-bit counter from a
+# random start, in the RFC 4122 version 4 layout. Unique within a process by the counter,
+# across processes by the random part (a forked child draws its own); and three times
+# cheaper than formatting 122 fresh random bits per event, which the hot paths feel.
+_UUID_COUNTER_END = 1 << 48
+_uuid_head = ""
+_uuid_count = itertools.count().__next__
+
+
+def _new_uuid_stream() -> None:
+    global _uuid_head, _uuid_count
+    bits = int.from_bytes(os.urandom(16), "big")
+    _uuid_head = "%08x-%04x-4%03x-%04x-" % (
+        bits >> 96,
+        (bits >> 80) & 0xFFFF,
+        (bits >> 68) & 0xFFF,
+        ((bits >> 54) & 0x3FFF) | 0x8000,
+    )
+    _uuid_count = itertools.count(bits & (_UUID_COUNTER_END // 2 - 1)).__next__
+
+
+_new_uuid_stream()
+os.register_at_fork(after_in_child=_new_uuid_stream)
 
 
 def new_uuid() -> str:
-    """Return a random RFC 4122 version 4 UUID as a string."""
-    # 122 random bits, the version nibble (4) and the variant bits (10) in place.
-    return "%08x-%04x-4%03x-%04x-%012x" % (
-        _bits(32),
-        _bits(16),
-        _bits(12),
-        _bits(14) | 0x8000,
-        _bits(48),
-    )
+    """Return a unique id in the RFC 4122 version 4 layout, as a string."""
+    count = _uuid_count()
+    if count >= _UUID_COUNTER_END:  # after 2**47 ids at least: a new stream
+        _new_uuid_stream()
+        count = _uuid_count()
+    return "%s%012x" % (_uuid_head, count)
 
 
 class InvalidTagsError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -312,3 +313,19 @@ def test_recurring_attribute_sets_keep_their_types(factory: EventFactory) -> Non
     assert [(type(v), v) for v in sent] == [(type(v), v) for v in values]
     assert json.loads(factory.attributes_json({"age": -0.0}))[0]["value"] == 0.0
     assert factory.attributes_json({"age": -0.0}) != factory.attributes_json({"age": 0.0})
+
+
+def test_a_new_uuid_stream_starts_before_the_counter_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from optitrack import _events
+
+    monkeypatch.setattr(
+        _events, "_uuid_count", itertools.count(_events._UUID_COUNTER_END - 1).__next__
+    )
+    last = new_uuid()
+    fresh = new_uuid()
+    assert last.endswith("-ffffffffffff")
+    assert fresh[:24] != last[:24]  # another random part
+    assert int(fresh[24:], 16) < _events._UUID_COUNTER_END // 2
+    assert uuid.UUID(fresh).version == 4

@@ -260,6 +260,7 @@ class _Rule:
         "group_id",
         "id",
         "key",
+        "label",
         "running",
         "type",
         "variations",
@@ -281,6 +282,7 @@ class _Rule:
         self.entity = entity
         self.id = entity.id
         self.key = entity.key
+        self.label = f'experiment "{entity.key}"'  # as reasons name it
         self.type = entity.type if isinstance(entity, Experiment) else None
         self.running = entity.status == _RUNNING
         self.bucketable = bool(entity.key and entity.key.strip())
@@ -318,7 +320,7 @@ class _Flag:
         flag: FeatureFlag,
         *,
         experiments: tuple[_Rule, ...],
-        rollout_rules: tuple[tuple[Experiment, _Rule], ...],
+        rollout_rules: tuple[tuple[Experiment, _Rule, str], ...],
         rollout_note: str | None,
         variations_by_key: Mapping[str, Variation],
         variables: Mapping[str, tuple[Variable, str]],
@@ -557,10 +559,15 @@ class DecisionEngine:
         note: str | None,
         variations_by_key: Mapping[str, Variation],
     ) -> _Flag:
-        rollout_rules: tuple[tuple[Experiment, _Rule], ...] = ()
+        rollout_rules: tuple[tuple[Experiment, _Rule, str], ...] = ()
         if rollout is not None:
-            unique = {rule.id: rule for rule in rollout.experiments}
-            rollout_rules = tuple((rule, self._rules[rule.id]) for rule in unique.values())
+            unique = list({rule.id: rule for rule in rollout.experiments}.values())
+            # Reasons name the rules by position, the last one "Everyone Else".
+            last = len(unique) - 1
+            rollout_rules = tuple(
+                (rule, self._rules[rule.id], "Everyone Else" if n == last else str(n + 1))
+                for n, rule in enumerate(unique)
+            )
         variables = {v.key: (v, _variable_type(v)) for v in flag.variables}
         return _Flag(
             flag,
@@ -824,7 +831,7 @@ class DecisionEngine:
                         f'experiment "{rule.key}" for user "{user_id}" from user profile.'
                     )
                 return variation
-        if not self._qualifies(rule, f'experiment "{rule.key}"', user, reasons):
+        if not self._qualifies(rule, rule.label, user, reasons):
             if reasons is not None:
                 reasons.append(
                     f'User "{user_id}" does not meet conditions to be in experiment "{rule.key}".'
@@ -922,7 +929,7 @@ class DecisionEngine:
         user_id = user.user_id
         if bad_id:
             _warn_bucketing_id(reasons)
-        if not self._qualifies(holdout, f'experiment "{holdout.key}"', user, reasons):
+        if not self._qualifies(holdout, holdout.label, user, reasons):
             if reasons is not None:
                 reasons.append(
                     f"User '{user_id}' does not meet the conditions for holdout '{holdout.key}'."
@@ -1011,13 +1018,14 @@ class DecisionEngine:
                     plan, rule.key, forced_decisions, user_id, reasons
                 )
             if variation is None:
-                local = self._local_holdout(
-                    rule, "experiment rule", user, bucketing_id, bad_id, reasons
-                )
-                if local is not None:
-                    return self._result(
-                        local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
+                if self._rule_holdouts:
+                    local = self._local_holdout(
+                        rule, "experiment rule", user, bucketing_id, bad_id, reasons
                     )
+                    if local is not None:
+                        return self._result(
+                            local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
+                        )
                 variation = self._experiment_variation(
                     rule, user, bucketing_id, bad_id, profile, reasons
                 )
@@ -1083,7 +1091,7 @@ class DecisionEngine:
         last = len(rules) - 1
         index = 0
         while index <= last:
-            entity, rule = rules[index]
+            entity, rule, label = rules[index]
             if forced_decisions:
                 variation = self._forced_decision(
                     plan, entity.key, forced_decisions, user_id, reasons
@@ -1097,15 +1105,19 @@ class DecisionEngine:
                         include_reasons,
                         holdout,
                     )
-            local = self._local_holdout(rule, "delivery rule", user, bucketing_id, bad_id, reasons)
-            if local is not None:
-                return self._result(local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons)
+            if self._rule_holdouts:
+                local = self._local_holdout(
+                    rule, "delivery rule", user, bucketing_id, bad_id, reasons
+                )
+                if local is not None:
+                    return self._result(
+                        local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
+                    )
             if bad_id:
                 _warn_bucketing_id(reasons)
             everyone_else = index == last
-            label = "Everyone Else" if everyone_else else str(index + 1)
             skip_to_everyone_else = False
-            if self._qualifies(rule, f"rule {label}", user, reasons):
+            if self._qualifies(rule, f"rule {label}" if reasons is not None else "", user, reasons):
                 if reasons is not None:
                     reasons.append(
                         f'User "{user_id}" meets audience conditions for targeting rule {label}.'

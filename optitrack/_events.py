@@ -463,17 +463,13 @@ class EventFactory:
                 if value is not None:
                     extra += ',"value":' + float.__repr__(value)
             extra += ',"tags":' + tags_json
+        # f-strings: a %-format with a %d costs twice as much, and this runs per event.
+        visitor = _json_str(user_id)
+        attributes_json = attributes_json or self.attributes_json(attributes)
+        timestamp = time.time_ns() // 1_000_000
         text = (
-            '{"visitor_id":%s,"attributes":%s,"snapshots":[{"events":[{%s,'
-            '"timestamp":%d,"uuid":"%s"%s}]}]}'
-            % (
-                _json_str(user_id),
-                attributes_json or self.attributes_json(attributes),
-                head,
-                int(time.time() * 1000),
-                new_uuid(),
-                extra,
-            )
+            f'{{"visitor_id":{visitor},"attributes":{attributes_json},"snapshots":[{{"events":'
+            f'[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'
         )
         return text.encode("ascii")
 
@@ -510,11 +506,10 @@ class EventFactory:
             fragment = cached[2]
         else:
             fragment = self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
-        text = '{"visitor_id":%s,"attributes":%s,%s,"timestamp":%d,"uuid":"%s"}]}]}' % (
-            _json_str(user_id),
-            attributes_json,
-            fragment,
-            int(time.time() * 1000),
-            new_uuid(),
+        visitor = _json_str(user_id)
+        timestamp = time.time_ns() // 1_000_000
+        text = (
+            f'{{"visitor_id":{visitor},"attributes":{attributes_json},{fragment},'
+            f'"timestamp":{timestamp},"uuid":"{new_uuid()}"}}]}}]}}'
         )
         return text.encode("ascii")

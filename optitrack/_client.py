@@ -1234,6 +1234,9 @@ class UserContext:
         user_id: The user's id.
     """
 
+    # A context is made per request: slots make it cheaper to build and to read.
+    __slots__ = ("_attributes", "_attributes_json", "_forced", "_segments", "client", "user_id")
+
     def __init__(
         self, client: Client, user_id: str, attributes: Mapping[str, Any] | None = None
     ) -> None:

@@ -181,14 +181,16 @@ class Client:
             retry=retry if retry is not None else RetryPolicy(),
         )
         self.event_endpoint = _check_endpoint(event_endpoint or self._config.default_event_endpoint)
-        self._factory = EventFactory(self._config, self.event_endpoint)
+        self._engine = DecisionEngine(self._config)
+        self._factory = EventFactory(
+            self._config, self.event_endpoint, self._engine.impression_variation
+        )
         self._context = self._factory.context
         self._http = http_client
         self.notification_center = NotificationCenter()
         self._processor = BatchProcessor(self._options, self.notification_center)
         self._block = self._options.overflow is Overflow.BLOCK
         self._strict = strict
-        self._engine = DecisionEngine(self._config)
         self._profiles = user_profile_service
         self._default_options = frozenset(DecideOption(o) for o in default_decide_options)
         self._default_choices = _Choices.of(self._default_options)

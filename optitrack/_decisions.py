@@ -423,6 +423,7 @@ class DecisionEngine:
         extra_allocation: dict[str, list[tuple[int, str]]] = {}
         flag_parts: list[tuple[FeatureFlag, list[str], Rollout | None, str | None]] = []
         flag_variations: dict[str, dict[str, Variation]] = {}
+        flag_variations_by_id: dict[str, dict[str, Variation]] = {}
         for flag in flags.values():
             rule_ids = [i for i in flag.experiment_ids if i in experiments]
             rollout = rollouts.get(flag.rollout_id) if flag.rollout_id else None
@@ -450,9 +451,11 @@ class DecisionEngine:
                 note = f"There is no rollout of feature {flag.key}."
             elif rollout is not None and not rollout.experiments:
                 note = f"Rollout {rollout.id} has no experiments."
-            # Forced decisions may name any variation of any of the flag's rules.
+            # Forced decisions may name any variation of any of the flag's rules, and
+            # impressions carry the flag's first variation with the decided id.
             seen: set[str] = set()
             by_variation_key: dict[str, Variation] = {}
+            by_variation_id: dict[str, Variation] = {}
             all_rule_ids = rule_ids + (
                 [rule.id for rule in rollout.experiments] if rollout is not None else []
             )
@@ -461,7 +464,9 @@ class DecisionEngine:
                     if variation.id not in seen:
                         seen.add(variation.id)
                         by_variation_key.setdefault(variation.key, variation)
+                        by_variation_id[variation.id] = variation
             flag_variations[flag.key] = by_variation_key
+            flag_variations_by_id[flag.key] = by_variation_id
             flag_parts.append((flag, rule_ids, rollout, note))
 
         for holdout in datafile.holdouts:
@@ -493,6 +498,7 @@ class DecisionEngine:
         self._variation_by_key = variation_by_key
         self._variation_by_id = variation_by_id
         self._variations_of = variations_of
+        self._flag_variations_by_id = flag_variations_by_id
         self._usages = usages
         self._extra_allocation = extra_allocation
         self._holdout_ids = holdout_ids
@@ -619,6 +625,39 @@ class DecisionEngine:
         if decision is None:
             decision = self._decisions[key] = VariationDecision(experiment, variation, rule_type)
         return decision
+
+    def impression_variation(
+        self,
+        flag_key: str,
+        rule: Experiment | Holdout | None,
+        variation: Variation | None,
+        rule_type: str,
+    ) -> Variation | None:
+        """The variation an impression names for a decision, as Optimizely's SDK finds it.
+
+        Optimizely's SDK looks the decided variation up again by id when it builds an
+        impression: among the flag's variations (its rules' in order, the first with
+        that id) when there is a flag key and the rule is not a holdout, else among the
+        variations of the rule's id. In a datafile with repeated keys or ids that can be
+        another variation than the decided one, or none (the impression then has no
+        variation); in any other datafile it is the decided one.
+
+        Args:
+            flag_key: The flag key; ``""`` for Activate.
+            rule: The experiment, rule or holdout that decided, or ``None``.
+            variation: The decided variation, or ``None``.
+            rule_type: The rule type the impression carries.
+
+        Returns:
+            The variation to send, or ``None``.
+        """
+        if variation is None or not variation.id:
+            return None
+        if flag_key and rule_type != RuleType.HOLDOUT:
+            return self._flag_variations_by_id.get(flag_key, {}).get(variation.id)
+        if rule is not None and rule.id:
+            return self._variations_of.get(rule.id, {}).get(variation.id)
+        return None
 
     # ------------------------------------------------------------------ look-ups
 

@@ -20,7 +20,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
@@ -41,6 +41,12 @@ logger = logging.getLogger("optitrack")
 CLIENT_NAME = "optitrack"
 _MAX_SAFE_NUMBER = 2**53
 _CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
+
+#: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names
+#: (see :meth:`~optitrack._decisions.DecisionEngine.impression_variation`).
+ImpressionVariation = Callable[
+    [str, Experiment | Holdout | None, Variation | None, str], Variation | None
+]
 
 
 # Event uuids: 74 random bits per process (from the OS), then a 48-bit counter from a
@@ -298,8 +304,14 @@ class EventFactory:
         endpoint: The Events API endpoint the events go to.
     """
 
-    def __init__(self, config: ProjectConfig, endpoint: str) -> None:
+    def __init__(
+        self,
+        config: ProjectConfig,
+        endpoint: str,
+        impression_variation: ImpressionVariation | None = None,
+    ) -> None:
         self.config = config
+        self._impression_variation = impression_variation
         self.context = BatchContext(
             account_id=config.account_id,
             project_id=config.project_id,
@@ -337,6 +349,9 @@ class EventFactory:
     ) -> str:
         # Everything of an impression but the visitor, the timestamp and the uuid: the
         # same for every user who gets this decision, so it is built once.
+        decided = variation
+        if self._impression_variation is not None:
+            variation = self._impression_variation(flag_key, rule, variation, rule_type)
         experiment_id = rule.id if rule is not None else ""
         # Only an experiment's layer is its campaign; a holdout's campaign is itself.
         layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
@@ -362,8 +377,8 @@ class EventFactory:
             )
         )
         if len(self._impression_fragments) < 10_000:  # bounded: flag keys may be anything
-            key = (flag_key, id(rule), id(variation), rule_type, enabled)
-            self._impression_fragments[key] = (rule, variation, fragment)
+            key = (flag_key, id(rule), id(decided), rule_type, enabled)
+            self._impression_fragments[key] = (rule, decided, fragment)
         return fragment
 
     def _attribute_head(self, key: str) -> str | None:

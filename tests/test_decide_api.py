@@ -559,3 +559,95 @@ async def test_an_unknown_decide_option_is_ignored_not_the_others(
         not_a_key = await user.decide(["new_checkout"])  # type: ignore[arg-type]
         assert not_a_key.reasons
     assert api.request_count == 0
+
+
+@pytest.mark.parametrize("seed", range(100))
+async def test_every_call_matches_optimizely_sdk_on_random_datafiles(seed: int) -> None:
+    """activate, is_feature_enabled, decide and get_enabled_features on generated
+    datafiles (groups, holdouts, repeated keys and ids...): the same answers and the same
+    impressions as optimizely-sdk, in the same order."""
+    from optimizely import optimizely as optimizely_module
+    from optimizely.event.event_processor import ForwardingEventProcessor
+    from optimizely.helpers.sdk_settings import OptimizelySdkSettings
+    from optimizely.logger import NoOpLogger
+
+    from tests.test_decisions import _random_case
+
+    datafile, users, _, _ = _random_case(seed)
+    recorder = _Recorder()
+    reference = optimizely_module.Optimizely(
+        json.dumps(datafile),
+        event_dispatcher=recorder,
+        logger=NoOpLogger(),
+        event_processor=ForwardingEventProcessor(recorder, logger=NoOpLogger()),
+        settings=OptimizelySdkSettings(odp_disabled=True),
+    )
+    experiment_keys = [e["key"] for e in datafile["experiments"]] + [
+        e["key"] for g in datafile["groups"] for e in g["experiments"]
+    ]
+    flag_keys = [f["key"] for f in datafile["featureFlags"]]
+    mine: list[Any] = []
+    theirs: list[Any] = []
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        for user, _ in [u for u in users if u[0].qualified_segments is None][:10]:
+            user_id, attributes = user.user_id, dict(user.attributes)
+            for key in experiment_keys:
+                mine.append(await client.activate(key, user_id, attributes))
+                theirs.append(reference.activate(key, user_id, attributes))
+            for key in flag_keys:
+                mine.append(await client.is_feature_enabled(key, user_id, attributes))
+                theirs.append(reference.is_feature_enabled(key, user_id, attributes))
+                ours = await client.create_user_context(user_id, attributes).decide(key)
+                other = reference.create_user_context(user_id, attributes).decide(key)
+                mine.append((ours.variation_key, ours.enabled, ours.rule_key))
+                theirs.append((other.variation_key, other.enabled, other.rule_key))
+            mine.append(sorted(await client.get_enabled_features(user_id, attributes)))
+            theirs.append(sorted(reference.get_enabled_features(user_id, attributes)))
+        await client.flush()
+    reference.close()
+    assert mine == theirs
+    assert all(request.status == 204 for request in api.requests)  # none refused
+    assert _visitors([r.json() for r in api.requests]) == _visitors(recorder.params)
+
+
+async def test_an_impression_names_the_variation_optimizely_sdk_finds_by_id() -> None:
+    # Two rules of a flag share a variation id, with other keys. Optimizely's SDK looks
+    # the decided variation up again by id among the flag's variations, first rule first,
+    # and sends that one's key: the impression says "a" although the user got "b".
+    def rule(number: int, variation_key: str, audience_ids: list[str]) -> dict[str, Any]:
+        return {
+            "id": f"{number}000",
+            "key": f"r{number}",
+            "layerId": f"{number}050",
+            "status": "Running",
+            "audienceIds": audience_ids,
+            "forcedVariations": {},
+            "variations": [{"id": "42", "key": variation_key, "featureEnabled": True}],
+            "trafficAllocation": [{"entityId": "42", "endOfRange": 10000}],
+        }
+
+    condition = ["or", {"name": "k", "type": "custom_attribute", "value": "x"}]
+    datafile = {
+        "version": "4",
+        "accountId": "1",
+        "projectId": "2",
+        "revision": "3",
+        "attributes": [{"id": "5", "key": "k"}],
+        "audiences": [{"id": "77", "name": "k is x", "conditions": json.dumps(condition)}],
+        "events": [],
+        "groups": [],
+        "rollouts": [],
+        "experiments": [rule(1, "a", ["77"]), rule(2, "b", [])],
+        "featureFlags": [
+            {"id": "9", "key": "F", "experimentIds": ["1000", "2000"], "rolloutId": ""}
+        ],
+    }
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        decision = await client.create_user_context("u").decide("F")
+        await client.flush()
+    assert (decision.variation_key, decision.rule_key) == ("b", "r2")
+    [impression] = impressions(api)
+    assert (impression["rule_key"], impression["variation_key"]) == ("r2", "a")
+    assert api.visitors[0].snapshots[0].decisions[0].variation_id == "42"

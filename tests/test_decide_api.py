@@ -650,4 +650,17 @@ async def test_an_impression_names_the_variation_optimizely_sdk_finds_by_id() ->
     assert (decision.variation_key, decision.rule_key) == ("b", "r2")
     [impression] = impressions(api)
     assert (impression["rule_key"], impression["variation_key"]) == ("r2", "a")
-    assert api.visitors[0].snapshots[0].decisions[0].variation_id == "42"
+    assert api.requests[0].json()["visitors"][0]["snapshots"][0]["decisions"] == [
+        {
+            "campaign_id": "2050",
+            "experiment_id": "2000",
+            "variation_id": "42",
+            "metadata": {
+                "flag_key": "F",
+                "rule_key": "r2",
+                "rule_type": "feature-test",
+                "variation_key": "a",
+                "enabled": True,
+            },
+        }
+    ]

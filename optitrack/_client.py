@@ -414,29 +414,41 @@ class Client:
                 raise ClientStateError("track() needs a running client: use `async with client:`")
             return self._refused(Reason.CLOSED, "the client is closed")
         if not isinstance(event_key, str) or not event_key:
-            return self._invalid(f"event_key must be a non-empty str, not {event_key!r:.60}")
+            return self._invalid("event_key", f"must be a non-empty str, not {event_key!r:.60}")
         if not isinstance(user_id, str):
-            return self._invalid(f"user_id must be a str, not {type(user_id).__name__}")
+            return self._invalid("user_id", f"must be a str, not {type(user_id).__name__}")
         if not (attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)):
-            return self._invalid(f"attributes must be a mapping, not {type(attributes).__name__}")
+            return self._invalid(
+                "attributes", f"must be a mapping, not {type(attributes).__name__}"
+            )
         if not (event_tags is None or type(event_tags) is dict or isinstance(event_tags, Mapping)):
-            return self._invalid(f"event_tags must be a mapping, not {type(event_tags).__name__}")
+            return self._invalid(
+                "event_tags", f"must be a mapping, not {type(event_tags).__name__}"
+            )
         try:
             data = self._factory.conversion(
                 event_key, user_id, attributes, event_tags, attributes_json
             )
         except InvalidTagsError as exc:
-            return self._refused(Reason.INVALID_TAGS, f"event {event_key!r} not tracked: {exc}")
+            return self._refused(
+                Reason.INVALID_TAGS, f"event {event_key!r} not tracked: {exc}", key=event_key
+            )
         if data is None:
-            return self._refused(Reason.UNKNOWN_EVENT, f'Event "{event_key}" is not in datafile.')
+            return self._refused(
+                Reason.UNKNOWN_EVENT, f'Event "{event_key}" is not in datafile.', key=event_key
+            )
         return data
 
-    def _invalid(self, message: str) -> TrackResult:
-        return self._refused(Reason.INVALID_INPUT, f"track() refused: {message}")
+    def _invalid(self, argument: str, problem: str) -> TrackResult:
+        return self._refused(
+            Reason.INVALID_INPUT, f"track() refused: {argument} {problem}", key=argument
+        )
 
-    def _refused(self, reason: Reason, message: str, *, counted: bool = False) -> TrackResult:
+    def _refused(
+        self, reason: Reason, message: str, *, counted: bool = False, key: str = ""
+    ) -> TrackResult:
         if not counted:
-            self._processor.refuse(reason, message)
+            self._processor.refuse(reason, message, key)
         if self._strict:
             raise TrackError(reason, message)
         return TrackResult(accepted=False, reason=reason, message=message)

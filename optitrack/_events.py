@@ -26,6 +26,7 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from ._datafile import Experiment, Holdout, ProjectConfig, Variation
+from ._logging import Throttled
 from ._version import __version__
 
 __all__ = [
@@ -41,6 +42,7 @@ logger = logging.getLogger("optitrack")
 CLIENT_NAME = "optitrack"
 _MAX_SAFE_NUMBER = 2**53
 _CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
+_CACHEABLE_TYPES = frozenset({str, int, bool})
 
 #: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names
 #: (see :meth:`~optitrack._decisions.DecisionEngine.impression_variation`).
@@ -325,6 +327,7 @@ class EventFactory:
         }
         # attribute key -> '{"entity_id":..,"key":..,"type":"custom","value":' or None
         self._attribute_heads: dict[str, str | None] = {}
+        self._unknown_attributes = Throttled()
         self._impression_fragments: dict[
             tuple[str, int, int, str, bool],
             tuple[Experiment | Holdout | None, Variation | None, str],
@@ -384,9 +387,7 @@ class EventFactory:
     def _attribute_head(self, key: str) -> str | None:
         entity_id = self.config.attribute_entity_id(key)
         head = None
-        if entity_id is None:
-            logger.error('Attribute "%s" is not in datafile.', key)
-        else:
+        if entity_id is not None:
             head = '{"entity_id":%s,"key":%s,"type":"custom","value":' % (
                 _json_str(entity_id),
                 _json_str(key),
@@ -408,9 +409,10 @@ class EventFactory:
             return self._no_attributes
         # Attribute sets recur (a plan, a country, an app version): render each once.
         # The key carries the values' types, so that 1, 1.0 and True never share an
-        # entry; sets with a float are not cached (0.0 and -0.0 are equal keys).
+        # entry; sets with a float are not cached (0.0 and -0.0 are equal keys), nor
+        # with a subclass (a float's, or a type whose equality is its own).
         types = tuple(map(type, attributes.values()))
-        cacheable = float not in types
+        cacheable = _CACHEABLE_TYPES.issuperset(types)
         if cacheable:
             try:
                 key = (tuple(attributes.items()), types)
@@ -427,8 +429,15 @@ class EventFactory:
             if value_json is None or not isinstance(name, str):
                 continue
             head = heads[name] if name in heads else self._attribute_head(name)
-            if head is not None:
-                parts.append(head + value_json + "}")
+            if head is None:
+                # Logged at every call that passes it, as Optimizely does, within the
+                # anti-flood limit; so a set with one is never cached.
+                self._unknown_attributes.log(
+                    logging.ERROR, name, 'Attribute "%s" is not in datafile.', name
+                )
+                cacheable = False
+                continue
+            parts.append(head + value_json + "}")
         if self._bot_filtering:
             parts.append(self._bot_filtering)
         text = "[" + ",".join(parts) + "]"

@@ -359,18 +359,21 @@ class BatchProcessor:
             self.refuse(reason, f"Event refused: {reason.value}.")
         return reason
 
-    def refuse(self, reason: Reason, message: str = "") -> None:
+    def refuse(self, reason: Reason, message: str = "", key: str = "") -> None:
         """Count a refused call, and log it without flooding.
 
         Args:
             reason: Why it was refused.
             message: What to log; defaults to the reason.
+            key: What makes this refusal another one than the last of its reason (an
+                event key, the argument at fault): each is logged, and a repeated one
+                at most once per period, with the count of the others.
         """
         self._refused[reason] = self._refused.get(reason, 0) + 1
         capacity = reason in (Reason.QUEUE_FULL, Reason.CLOSED, Reason.EVENT_TOO_LARGE)
         self._throttled.log(
             logging.WARNING if capacity else logging.ERROR,
-            reason,  # by reason: messages carry the caller's values, all different
+            f"{reason.value}:{key}",
             "%s",
             message or f"Event refused ({reason.value}).",
         )

@@ -329,3 +329,13 @@ def test_a_new_uuid_stream_starts_before_the_counter_runs_out(
     assert fresh[:24] != last[:24]  # another random part
     assert int(fresh[24:], 16) < _events._UUID_COUNTER_END // 2
     assert uuid.UUID(fresh).version == 4
+
+
+def test_attribute_sets_with_a_float_subclass_are_rendered_afresh(factory: EventFactory) -> None:
+    class Celsius(float):
+        pass
+
+    negative = factory.attributes_json({"age": Celsius(-0.0)})
+    positive = factory.attributes_json({"age": Celsius(0.0)})
+    assert negative != positive
+    assert positive == factory.attributes_json({"age": 0.0})

@@ -3,8 +3,10 @@
 The pydantic models mirror the datafile's camelCase JSON (versions 2, 3 and 4). They check
 what Optimizely's own JSON schema checks (required keys and their types) plus
 ``endOfRange`` in ``0..10000``, and accept everything Optimizely accepts: unknown keys,
-empty traffic ranges, non-numeric ids, missing ``featureEnabled``. A datafile that fails
-raises :class:`~optitrack.DatafileError` with one ``location: message`` line per problem.
+empty traffic ranges, non-numeric ids, missing ``featureEnabled``, and any value where its
+schema has no type (flags read by their truth, variable values cast as its SDK casts). A
+datafile that fails raises :class:`~optitrack.DatafileError` with one ``location:
+message`` line per problem.
 
 :class:`ProjectConfig` is the read-only, indexed view that the hot paths use.
 """
@@ -17,10 +19,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ._exceptions import DatafileError
 
@@ -41,9 +43,19 @@ def _camel(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
+def _truth(value: Any) -> bool:
+    return bool(value)
+
+
+#: A flag outside Optimizely's JSON schema, which its SDK reads by truth: ``1``, ``"yes"``
+#: are true, ``0``, ``""``, ``null`` false.
+LaxBool = Annotated[bool, pydantic.BeforeValidator(_truth)]
+
+
 class _Model(BaseModel):
-    # Unknown keys are ignored, as in Optimizely's JSON schema; scalars are strict (a
-    # number is not a string, a float or a bool is not an integer), as in its draft 4.
+    # Unknown keys are ignored, as in Optimizely's JSON schema; the scalars it types are
+    # strict (a number is not a string, a float or a bool is not an integer), as in its
+    # draft 4; the others are as lax as its SDK.
     model_config = ConfigDict(
         alias_generator=_camel,
         populate_by_name=True,
@@ -63,7 +75,7 @@ class VariableUsage(_Model):
     """A variation's value for one feature variable (by the variable's id)."""
 
     id: StrictStr
-    value: StrictStr
+    value: Any  # a string in practice; Optimizely's SDK casts whatever it finds
 
 
 class Variation(_Model):
@@ -71,8 +83,9 @@ class Variation(_Model):
 
     id: StrictStr
     key: StrictStr
-    # Optimizely's SDK accepts null for both (no featureEnabled, no variables).
-    feature_enabled: StrictBool = False
+    # Optimizely's SDK accepts null for both (no featureEnabled, no variables), and any
+    # value for featureEnabled, of which it tests the truth.
+    feature_enabled: LaxBool = False
     variables: tuple[VariableUsage, ...] = ()
 
     @pydantic.field_validator("feature_enabled", "variables", mode="before")
@@ -156,7 +169,7 @@ class Variable(_Model):
 class FeatureFlag(_Model):
     """A feature flag: experiment rules, then a rollout, and its variables."""
 
-    id: StrictStr
+    id: Any  # a string in practice; not in Optimizely's JSON schema, and only reported
     key: StrictStr
     experiment_ids: tuple[StrictStr, ...] = ()
     rollout_id: StrictStr = ""
@@ -201,10 +214,11 @@ class Datafile(_Model):
     account_id: StrictStr
     project_id: StrictStr
     revision: StrictStr
-    anonymize_ip: StrictBool = Field(default=False, alias="anonymizeIP")
-    bot_filtering: StrictBool | None = None
-    send_flag_decisions: StrictBool = False
-    region: StrictStr | None = None
+    # Not in Optimizely's JSON schema: its SDK takes any value, and tests its truth.
+    anonymize_ip: LaxBool = Field(default=False, alias="anonymizeIP")
+    bot_filtering: LaxBool | None = None
+    send_flag_decisions: LaxBool = False
+    region: Any = None  # "EU" in any case is the EU; anything else, the US
     sdk_key: StrictStr | None = None
     environment_key: StrictStr | None = None
     attributes: tuple[Attribute, ...]
@@ -343,7 +357,7 @@ class ProjectConfig:
         self.anonymize_ip = datafile.anonymize_ip
         self.bot_filtering = datafile.bot_filtering
         self.send_flag_decisions = datafile.send_flag_decisions
-        self.region = "EU" if (datafile.region or "").upper() == "EU" else "US"
+        self.region = "EU" if str(datafile.region or "").upper() == "EU" else "US"
         self.default_event_endpoint = (
             EU_EVENT_ENDPOINT if self.region == "EU" else US_EVENT_ENDPOINT
         )

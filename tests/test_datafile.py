@@ -183,3 +183,41 @@ def test_accepts_nulls_and_loose_types_optimizely_accepts(datafile: dict[str, An
     loaded = config.experiments_by_id["40101"].variations[0]
     assert loaded.feature_enabled is False
     assert loaded.variables == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "read"),
+    [
+        (("anonymizeIP",), None, lambda c: c.anonymize_ip is False),
+        (("anonymizeIP",), 1, lambda c: c.anonymize_ip is True),
+        (("sendFlagDecisions",), None, lambda c: c.send_flag_decisions is False),
+        (("sendFlagDecisions",), "true", lambda c: c.send_flag_decisions is True),
+        (("botFiltering",), 0, lambda c: c.bot_filtering is False),
+        (("botFiltering",), None, lambda c: c.bot_filtering is None),
+        (("region",), 3, lambda c: c.region == "US"),
+        (("region",), "eu", lambda c: c.region == "EU"),
+        (
+            ("experiments", 0, "variations", 1, "featureEnabled"),
+            1,
+            lambda c: c.variations_by_key["40101"]["treatment"].feature_enabled is True,
+        ),
+        (("featureFlags", 0, "id"), 5, lambda c: c.flags_by_key["new_checkout"].id == 5),
+    ],
+)
+def test_values_outside_optimizelys_schema_load_as_its_sdk_loads_them(
+    datafile: dict[str, Any], path: tuple[Any, ...], value: Any, read: Any
+) -> None:
+    # Optimizely's JSON schema does not type these: its SDK takes any value, and reads
+    # flags by their truth. Datafiles come from its servers: never reject one it takes.
+    from optimizely import optimizely as optimizely_module
+    from optimizely.logger import NoOpLogger
+
+    *parents, last = path
+    target = datafile
+    for step in parents:
+        target = target[step]
+    target[last] = value
+    reference = optimizely_module.Optimizely(json.dumps(datafile), logger=NoOpLogger())
+    assert reference.config_manager.get_config() is not None
+    reference.close()
+    assert read(load_datafile(datafile))

@@ -481,12 +481,12 @@ class EventFactory:
             if "revenue" in tags:
                 revenue = revenue_of(tags)
                 if revenue is not None:
-                    extra = ',"revenue":%d' % revenue
+                    extra = f',"revenue":{revenue}'  # an int, exactly (revenue_of)
             if "value" in tags:
                 value = value_of(tags)
                 if value is not None:
                     extra += ',"value":' + float.__repr__(value)
-            extra += ',"tags":' + tags_json
+            extra = f'{extra},"tags":{tags_json}'
         # f-strings: a %-format with a %d costs twice as much, and this runs per event.
         visitor = _json_str(user_id)
         attributes_json = attributes_json or self.attributes_json(attributes)

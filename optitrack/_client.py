@@ -478,9 +478,10 @@ class Client:
         if experiment is None:
             return None
         user = UserInput(user_id, attributes or {})
-        profile = await self._load_profile(user_id)
+        profile = await self._load_profile(user_id) if self._profiles is not None else None
         decision = self._engine.activate(experiment, user, profile, include_reasons=False)
-        await self._save_profile(profile)
+        if profile is not None:
+            await self._save_profile(profile)
         self._notify_variation(experiment, user_id, attributes, decision)
         if decision.variation is None:
             logger.info('Not activating user "%s".', user_id)
@@ -577,11 +578,12 @@ class Client:
         flag = self._flag_input(feature_key, user_id, attributes)
         if flag is None:
             return False
-        profile = await self._load_profile(user_id)
+        profile = await self._load_profile(user_id) if self._profiles is not None else None
         decision = self._engine.decide_flag(
             flag, UserInput(user_id, attributes or {}), {}, profile, include_reasons=False
         )
-        await self._save_profile(profile)
+        if profile is not None:
+            await self._save_profile(profile)
         enabled = decision.enabled
         source = decision.rule_type
         impressions: list[bytes] = []

@@ -192,11 +192,8 @@ class Client:
         self._block = self._options.overflow is Overflow.BLOCK
         self._strict = strict
         self._profiles = user_profile_service
-        self._default_options = frozenset(DecideOption(o) for o in default_decide_options)
-        self._default_choices = _Choices.of(self._default_options)
         self._choices_cache: dict[frozenset[Any], _Choices] = {}
-        # decide() has nothing to await without options, profiles or a full queue to wait on.
-        self._plain = not self._default_options and self._profiles is None and not self._block
+        self.default_decide_options = default_decide_options
         self._state = _NEW
         self._stack: AsyncExitStack | None = None
 
@@ -204,6 +201,14 @@ class Client:
     def default_decide_options(self) -> frozenset[DecideOption]:
         """The options added to every ``decide``."""
         return self._default_options
+
+    @default_decide_options.setter
+    def default_decide_options(self, options: Iterable[DecideOption | str]) -> None:
+        self._default_options = frozenset(DecideOption(o) for o in options)
+        self._default_choices = _Choices.of(self._default_options)
+        self._choices_cache.clear()
+        # decide() has nothing to await without options, profiles or a queue to wait on.
+        self._plain = not self._default_options and self._profiles is None and not self._block
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -584,8 +589,13 @@ class Client:
         )
         if profile is not None:
             await self._save_profile(profile)
-        enabled = decision.enabled
         source = decision.rule_type
+        variation = decision.variation
+        # Optimizely's SDK asks here for a featureEnabled that is true itself, not just
+        # truthy (a holdout's variation excepted); datafiles hold booleans anyway.
+        enabled = variation is not None and (
+            variation.feature_enabled if source is _HOLDOUT else variation.feature_enabled_is_true
+        )
         impressions: list[bytes] = []
         if (
             (source is RuleType.ROLLOUT or decision.variation is None)
@@ -853,6 +863,7 @@ class Client:
         """What the client's default options and a call's ``options`` ask for."""
         if not options:
             return self._default_choices
+        options = tuple(options)  # an iterator is read once, here
         key: frozenset[Any] | None = None
         try:
             key = frozenset(options)
@@ -1251,7 +1262,15 @@ class UserContext:
     """
 
     # A context is made per request: slots make it cheaper to build and to read.
-    __slots__ = ("_attributes", "_attributes_json", "_forced", "_segments", "client", "user_id")
+    __slots__ = (
+        "__weakref__",
+        "_attributes",
+        "_attributes_json",
+        "_forced",
+        "_segments",
+        "client",
+        "user_id",
+    )
 
     def __init__(
         self, client: Client, user_id: str, attributes: Mapping[str, Any] | None = None

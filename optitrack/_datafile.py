@@ -47,6 +47,19 @@ def _truth(value: Any) -> bool:
     return bool(value)
 
 
+def _bool_or_none(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _id_text(value: Any) -> Any:
+    # null and numbers as text; anything else (a list...) fails as "not a string".
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return value
+
+
 #: A flag outside Optimizely's JSON schema, which its SDK reads by truth: ``1``, ``"yes"``
 #: are true, ``0``, ``""``, ``null`` false.
 LaxBool = Annotated[bool, pydantic.BeforeValidator(_truth)]
@@ -84,16 +97,27 @@ class Variation(_Model):
     id: StrictStr
     key: StrictStr
     # Optimizely's SDK accepts null for both (no featureEnabled, no variables), and any
-    # value for featureEnabled, of which it tests the truth.
+    # value for featureEnabled, of which it tests the truth; but Is Feature Enabled asks
+    # for true itself (``is True``), so that is kept too.
     feature_enabled: LaxBool = False
+    feature_enabled_is_true: bool = Field(default=False, exclude=True, repr=False)
     variables: tuple[VariableUsage, ...] = ()
 
-    @pydantic.field_validator("feature_enabled", "variables", mode="before")
+    @pydantic.model_validator(mode="before")
     @classmethod
-    def _null_is_default(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
-        if value is None:
-            return False if info.field_name == "feature_enabled" else ()
-        return value
+    def _keep_true(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = {
+                **data,
+                "featureEnabledIsTrue": data.get("featureEnabled", data.get("feature_enabled"))
+                is True,
+            }
+        return data
+
+    @pydantic.field_validator("variables", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return () if value is None else value
 
 
 class Experiment(_Model):
@@ -169,7 +193,8 @@ class Variable(_Model):
 class FeatureFlag(_Model):
     """A feature flag: experiment rules, then a rollout, and its variables."""
 
-    id: Any  # a string in practice; not in Optimizely's JSON schema, and only reported
+    # Not in Optimizely's JSON schema: null and numbers are taken, as text.
+    id: Annotated[StrictStr, pydantic.BeforeValidator(_id_text)]
     key: StrictStr
     experiment_ids: tuple[StrictStr, ...] = ()
     rollout_id: StrictStr = ""
@@ -216,7 +241,8 @@ class Datafile(_Model):
     revision: StrictStr
     # Not in Optimizely's JSON schema: its SDK takes any value, and tests its truth.
     anonymize_ip: LaxBool = Field(default=False, alias="anonymizeIP")
-    bot_filtering: LaxBool | None = None
+    # Sent only when a boolean, as Optimizely's SDK does.
+    bot_filtering: Annotated[bool | None, pydantic.BeforeValidator(_bool_or_none)] = None
     send_flag_decisions: LaxBool = False
     region: Any = None  # "EU" in any case is the EU; anything else, the US
     sdk_key: StrictStr | None = None

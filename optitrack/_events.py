@@ -53,11 +53,12 @@ ImpressionVariation = Callable[
 
 # Event uuids: 74 random bits per process (from the OS), then a 48-bit counter from a
 # random start, in the RFC 4122 version 4 layout. Unique within a process by the counter,
-# across processes by the random part (a forked child draws its own); and three times
-# cheaper than formatting 122 fresh random bits per event, which the hot paths feel.
+# across processes by the random part; and three times cheaper than formatting 122 fresh
+# random bits per event, which the hot paths feel. The random part is drawn at a process's
+# first uuid, not at import, and again in a forked child: so workers forked from a master
+# that imported optitrack differ even when the fork skips Python's at-fork hooks (uWSGI).
 _UUID_COUNTER_END = 1 << 48
 _uuid_head = ""
-_uuid_count = itertools.count().__next__
 
 
 def _new_uuid_stream() -> None:
@@ -72,8 +73,18 @@ def _new_uuid_stream() -> None:
     _uuid_count = itertools.count(bits & (_UUID_COUNTER_END // 2 - 1)).__next__
 
 
-_new_uuid_stream()
-os.register_at_fork(after_in_child=_new_uuid_stream)
+def _first_uuid_count() -> int:
+    _new_uuid_stream()
+    return _uuid_count()
+
+
+def _forget_uuid_stream() -> None:
+    global _uuid_count
+    _uuid_count = _first_uuid_count
+
+
+_uuid_count: Callable[[], int] = _first_uuid_count
+os.register_at_fork(after_in_child=_forget_uuid_stream)
 
 
 def new_uuid() -> str:

@@ -192,7 +192,7 @@ def test_accepts_nulls_and_loose_types_optimizely_accepts(datafile: dict[str, An
         (("anonymizeIP",), 1, lambda c: c.anonymize_ip is True),
         (("sendFlagDecisions",), None, lambda c: c.send_flag_decisions is False),
         (("sendFlagDecisions",), "true", lambda c: c.send_flag_decisions is True),
-        (("botFiltering",), 0, lambda c: c.bot_filtering is False),
+        (("botFiltering",), 0, lambda c: c.bot_filtering is None),  # not a boolean: unsent
         (("botFiltering",), None, lambda c: c.bot_filtering is None),
         (("region",), 3, lambda c: c.region == "US"),
         (("region",), "eu", lambda c: c.region == "EU"),
@@ -201,7 +201,8 @@ def test_accepts_nulls_and_loose_types_optimizely_accepts(datafile: dict[str, An
             1,
             lambda c: c.variations_by_key["40101"]["treatment"].feature_enabled is True,
         ),
-        (("featureFlags", 0, "id"), 5, lambda c: c.flags_by_key["new_checkout"].id == 5),
+        (("featureFlags", 0, "id"), 5, lambda c: c.flags_by_key["new_checkout"].id == "5"),
+        (("featureFlags", 0, "id"), None, lambda c: c.flags_by_key["new_checkout"].id == ""),
     ],
 )
 def test_values_outside_optimizelys_schema_load_as_its_sdk_loads_them(
@@ -221,3 +222,9 @@ def test_values_outside_optimizelys_schema_load_as_its_sdk_loads_them(
     assert reference.config_manager.get_config() is not None
     reference.close()
     assert read(load_datafile(datafile))
+
+
+def test_a_flag_id_that_is_not_a_scalar_is_a_datafile_error(datafile: dict[str, Any]) -> None:
+    datafile["featureFlags"][0]["id"] = ["70101"]
+    with pytest.raises(DatafileError, match=r"featureFlags\[0\]\.id: must be a string"):
+        load_datafile(datafile)

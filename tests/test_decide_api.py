@@ -225,7 +225,14 @@ async def test_default_decide_options(datafile: dict[str, Any]) -> None:
         user = client.create_user_context("user_1")
         await user.decide("new_checkout")
         await user.decide_all()
-    assert api.request_count == 0
+        await client.flush()
+        assert api.request_count == 0
+        client.default_decide_options = ["INCLUDE_REASONS"]  # they may change
+        assert client.default_decide_options == {DecideOption.INCLUDE_REASONS}
+        decision = await user.decide("new_checkout")
+        await client.flush()
+    assert decision.reasons
+    assert api.event_count == 1
 
 
 async def test_decide_all_and_for_keys(datafile: dict[str, Any]) -> None:
@@ -709,3 +716,59 @@ async def test_variable_values_that_are_not_strings_cast_as_optimizely_sdk_casts
     # SDK returns the number, get_feature_variable_string keeps to str and says None.
     assert typed[1:] == their_typed[1:]
     assert (typed[0], their_typed[0]) == (None, 12)
+
+
+async def test_odd_flag_values_decide_as_optimizely_sdk_decides(datafile: dict[str, Any]) -> None:
+    # featureEnabled 1 and botFiltering 1: datafiles hold booleans, but optimizely-sdk takes
+    # these; Is Feature Enabled asks for true itself, and bot filtering must be a boolean.
+    from optimizely import optimizely as optimizely_module
+    from optimizely.event.event_processor import ForwardingEventProcessor
+    from optimizely.logger import NoOpLogger
+
+    datafile["experiments"][0]["variations"][1]["featureEnabled"] = 1
+    datafile["botFiltering"] = 1
+    recorder = _Recorder()
+    reference = optimizely_module.Optimizely(
+        json.dumps(datafile),
+        event_dispatcher=recorder,
+        logger=NoOpLogger(),
+        event_processor=ForwardingEventProcessor(recorder, logger=NoOpLogger()),
+    )
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        mine = [
+            await client.is_feature_enabled("new_checkout", "qa_user_1", PRO),
+            await client.get_enabled_features("qa_user_1", PRO),
+            (await client.create_user_context("qa_user_1", PRO).decide("new_checkout")).enabled,
+            (await client.track("purchase", "qa_user_1", PRO)).accepted,
+        ]
+        await client.flush()
+    theirs = [
+        reference.is_feature_enabled("new_checkout", "qa_user_1", PRO),
+        reference.get_enabled_features("qa_user_1", PRO),
+        bool(reference.create_user_context("qa_user_1", PRO).decide("new_checkout").enabled),
+        reference.track("purchase", "qa_user_1", PRO) is None,
+    ]
+    reference.close()
+    assert mine == theirs == [False, [], True, True]
+    [is_enabled, _, decided, conversion] = _visitors([r.json() for r in api.requests])
+    [their_is_enabled, _, _, their_conversion] = _visitors(recorder.params)
+    assert is_enabled == their_is_enabled  # "enabled": false in both
+    assert conversion == their_conversion  # no $opt_bot_filtering in either
+    assert decided["snapshots"][0]["decisions"][0]["metadata"]["enabled"] is True
+
+
+async def test_options_may_be_any_iterable(datafile: dict[str, Any]) -> None:
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        user = client.create_user_context("user_1", PRO)
+        once = await user.decide("new_checkout", (o for o in [DecideOption.INCLUDE_REASONS]))
+        again = await user.decide("new_checkout", [DecideOption.INCLUDE_REASONS])
+        await client.flush()
+        sent = api.event_count
+        await user.decide_for_keys(["new_checkout"], iter(["DISABLE_DECISION_EVENT"]))
+        await user.decide_all(option for option in ["DISABLE_DECISION_EVENT"])
+        await client.flush()
+    assert once.reasons
+    assert again.reasons == once.reasons
+    assert api.event_count == sent  # no impression for the last two

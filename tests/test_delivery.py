@@ -987,6 +987,20 @@ async def test_refusal_logs_do_not_flood(
     assert len(refusals) == 3  # one of each, the rest held back for the period
 
 
+async def test_many_distinct_bad_keys_do_not_flood_either(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Keys may come from callers: at most 100 are followed per period, the rest share a line.
+    async with asgi_client(EventsAPI(), datafile) as client:
+        for _ in range(3):
+            for n in range(1100):
+                await client.track(f"unknown-{n}", "u")
+                await client.track("purchase", "u", {f"attribute-{n}": 1})
+    events = [r for r in caplog.records if "is not in datafile" in r.getMessage()]
+    assert len([r for r in events if r.getMessage().startswith("Event")]) == 101
+    assert len([r for r in events if r.getMessage().startswith("Attribute")]) == 101
+
+
 async def test_each_bad_event_key_and_argument_is_logged(
     datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -339,3 +339,20 @@ def test_attribute_sets_with_a_float_subclass_are_rendered_afresh(factory: Event
     positive = factory.attributes_json({"age": Celsius(0.0)})
     assert negative != positive
     assert positive == factory.attributes_json({"age": 0.0})
+
+
+def test_importing_draws_no_uuid_stream() -> None:
+    # Workers forked from a master that only imported optitrack must not share a stream,
+    # even when the fork skips Python's at-fork hooks (uWSGI by default).
+    import subprocess
+    import sys
+
+    code = (
+        "from optitrack import _events\n"
+        "print(repr(_events._uuid_head))\n"
+        "print(_events.new_uuid()[:24] == _events._uuid_head)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["''", "True"]

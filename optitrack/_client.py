@@ -180,6 +180,7 @@ class Client:
             close_timeout=close_timeout,
             retry=retry if retry is not None else RetryPolicy(),
         )
+        self._endpoint_given = event_endpoint
         self.event_endpoint = _check_endpoint(event_endpoint or self._config.default_event_endpoint)
         self._engine = DecisionEngine(self._config)
         self._factory = EventFactory(
@@ -285,8 +286,32 @@ class Client:
 
     @property
     def config(self) -> ProjectConfig:
-        """The project config the client was made with."""
+        """The project config the client decides and tracks with."""
         return self._config
+
+    def update_datafile(self, datafile: DatafileSource) -> None:
+        """Decide and track with a new datafile from now on: a new revision of the project.
+
+        For a long-running app, which fetches the datafile as Optimizely's SDKs poll it
+        and hands each new revision over. The new datafile is validated first: a bad one
+        raises and the current one stays. Events already queued go out with the revision
+        they were made with (a batch never mixes revisions); forced variations set on the
+        client are kept. The event endpoint follows the new datafile's region, unless
+        ``event_endpoint`` was given to the client.
+
+        Args:
+            datafile: The new datafile (as for :class:`Client`).
+
+        Raises:
+            DatafileError: The datafile is invalid; nothing changed.
+        """
+        config = datafile if isinstance(datafile, ProjectConfig) else load_datafile(datafile)
+        if self._endpoint_given is None:
+            self.event_endpoint = config.default_event_endpoint
+        self._engine.update_config(config)
+        self._config = config
+        self._factory = EventFactory(config, self.event_endpoint, self._engine.impression_variation)
+        self._context = self._factory.context
 
     # -- track -----------------------------------------------------------------------
 
@@ -1001,7 +1026,7 @@ class Client:
                 impressions.append(
                     self._factory.impression(
                         user.user_id,
-                        user._attributes_json or user._json(),
+                        user._json(),
                         flag.key,
                         decision.experiment,
                         variation,
@@ -1267,6 +1292,7 @@ class UserContext:
         "_attributes",
         "_attributes_json",
         "_forced",
+        "_rendered_by",
         "_segments",
         "client",
         "user_id",
@@ -1280,12 +1306,16 @@ class UserContext:
         self._attributes: dict[str, Any] = dict(attributes or {})
         self._forced: dict[tuple[str, str | None], str] = {}
         self._segments: frozenset[str] | None = None
-        self._attributes_json: str | None = None
+        self._attributes_json = ""
+        self._rendered_by: EventFactory | None = None
 
     def _json(self) -> str:
-        # The attributes as they go on the wire, rendered once per set of attributes.
-        if self._attributes_json is None:
-            self._attributes_json = self.client._factory.attributes_json(self._attributes)
+        # The attributes as they go on the wire, rendered once per set of attributes and
+        # datafile (attribute ids come from the datafile).
+        factory = self.client._factory
+        if self._rendered_by is not factory:
+            self._attributes_json = factory.attributes_json(self._attributes)
+            self._rendered_by = factory
         return self._attributes_json
 
     @property
@@ -1301,7 +1331,7 @@ class UserContext:
             value: Its value.
         """
         self._attributes[key] = value
-        self._attributes_json = None
+        self._rendered_by = None
 
     async def track_event(
         self, event_key: str, event_tags: Mapping[str, Any] | None = None

@@ -772,3 +772,54 @@ async def test_options_may_be_any_iterable(datafile: dict[str, Any]) -> None:
     assert once.reasons
     assert again.reasons == once.reasons
     assert api.event_count == sent  # no impression for the last two
+
+
+async def test_update_datafile_switches_decisions_and_events_to_the_new_revision(
+    datafile: dict[str, Any],
+) -> None:
+    new = copy.deepcopy(datafile)
+    new["revision"] = "43"
+    new["attributes"][0]["id"] = "10499"  # "plan" has a new id
+    experiment = new["experiments"][0]  # checkout_test: everyone in treatment now
+    experiment["trafficAllocation"] = [{"entityId": "60102", "endOfRange": 10000}]
+    api = EventsAPI()
+    async with asgi_client(api, datafile) as client:
+        client.set_forced_variation("checkout_test", "forced_user", "control")
+        user = client.create_user_context("user_7", PRO)
+        before = await user.decide("new_checkout")
+        await user.track_event("purchase")
+        with pytest.raises(optitrack.DatafileError):
+            client.update_datafile({**new, "version": "9"})  # refused: nothing changes
+        assert client.config.revision == "42"
+        client.update_datafile(new)
+        after = [
+            await client.create_user_context(f"u{n}", PRO).decide("new_checkout") for n in range(20)
+        ]
+        forced = client.get_variation("checkout_test", "forced_user")
+        await user.track_event("purchase")  # a context made before the update
+        await client.flush()
+    assert client.config.revision == "43"
+    assert before.rule_key == "checkout_test"
+    assert {d.variation_key for d in after} == {"treatment"}
+    assert forced == "control"  # forced variations outlive the datafile
+    bodies = [r.json() for r in api.requests]
+    assert [b["revision"] for b in bodies] == ["42", "43"]  # revisions never share a batch
+    assert len(bodies[0]["visitors"]) == 2
+    assert len(bodies[1]["visitors"]) == 21
+    plan_ids = [
+        [a["entity_id"] for a in v["attributes"] if a["key"] == "plan"]
+        for b in bodies
+        for v in b["visitors"]
+    ]
+    assert plan_ids[1] == ["10401"]
+    assert plan_ids[-1] == ["10499"]
+
+
+def test_update_datafile_moves_the_default_endpoint_only(datafile: dict[str, Any]) -> None:
+    eu = {**datafile, "region": "EU"}
+    default = optitrack.Client(datafile)
+    default.update_datafile(eu)
+    given = optitrack.Client(datafile, event_endpoint="http://127.0.0.1:9/v1/events")
+    given.update_datafile(eu)
+    assert default.event_endpoint == "https://eu.logx.optimizely.com/v1/events"
+    assert given.event_endpoint == "http://127.0.0.1:9/v1/events"

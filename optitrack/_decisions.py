@@ -1057,14 +1057,11 @@ class DecisionEngine:
                     plan, rule.key, forced_decisions, user_id, reasons
                 )
             if variation is None:
-                if self._rule_holdouts:
-                    local = self._local_holdout(
-                        rule, "experiment rule", user, bucketing_id, bad_id, reasons
-                    )
-                    if local is not None:
-                        return self._result(
-                            local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
-                        )
+                held = self._local_holdout(
+                    rule, "experiment rule", user, bucketing_id, bad_id, reasons, include_reasons
+                )
+                if held is not None:
+                    return held
                 variation = self._experiment_variation(
                     rule, user, bucketing_id, bad_id, profile, reasons
                 )
@@ -1095,7 +1092,9 @@ class DecisionEngine:
         bucketing_id: str,
         bad_id: bool,
         reasons: list[str] | None,
-    ) -> tuple[Experiment | Holdout, Variation] | None:
+        include_reasons: bool,
+    ) -> VariationDecision | None:
+        """The decision of the first of a rule's local holdouts the user is bucketed in."""
         holdouts = self._rule_holdouts.get(rule.id)
         if not holdouts:
             return None
@@ -1107,7 +1106,9 @@ class DecisionEngine:
                         f"The user '{user.user_id}' is bucketed into local holdout "
                         f"'{holdout.key}' for {kind} '{rule.key}'."
                     )
-                return holdout.entity, variation
+                return self._result(
+                    holdout.entity, variation, RuleType.HOLDOUT, reasons, include_reasons
+                )
         return None
 
     def _rollout(
@@ -1144,14 +1145,11 @@ class DecisionEngine:
                         include_reasons,
                         holdout,
                     )
-            if self._rule_holdouts:
-                local = self._local_holdout(
-                    rule, "delivery rule", user, bucketing_id, bad_id, reasons
-                )
-                if local is not None:
-                    return self._result(
-                        local[0], local[1], RuleType.HOLDOUT, reasons, include_reasons
-                    )
+            held = self._local_holdout(
+                rule, "delivery rule", user, bucketing_id, bad_id, reasons, include_reasons
+            )
+            if held is not None:
+                return held
             if bad_id:
                 _warn_bucketing_id(reasons)
             everyone_else = index == last

@@ -932,10 +932,7 @@ class Client:
             if flag is None:
                 decisions[key] = Decision(None, False, _NO_VARIABLES, None, key, user)
                 continue
-            decision = self._engine.decide_flag(
-                flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
-            )
-            result = self._flag_decision(user, flag, decision, choices, impressions)
+            result = self._flag_decision(user, user_input, flag, profile, choices, impressions)
             if result.enabled or not choices.enabled_only:
                 decisions[key] = result
         if impressions:
@@ -954,15 +951,9 @@ class Client:
         if flag is None:
             return self._unknown_flag(user, key)
         profile = await self._load_profile(user.user_id) if choices.use_profiles else None
-        decision = self._engine.decide_flag(
-            flag,
-            UserInput(user.user_id, user._attributes, user._segments),
-            user._forced,
-            profile,
-            include_reasons=choices.with_reasons,
-        )
+        user_input = UserInput(user.user_id, user._attributes, user._segments)
         impressions: list[bytes] = []
-        result = self._flag_decision(user, flag, decision, choices, impressions)
+        result = self._flag_decision(user, user_input, flag, profile, choices, impressions)
         if impressions:
             await self._enqueue(impressions)
         if profile is not None and profile.changed:
@@ -979,15 +970,9 @@ class Client:
         flag = self._config.flags_by_key.get(key)
         if flag is None:
             return self._unknown_flag(user, key)
-        decision = self._engine.decide_flag(
-            flag,
-            UserInput(user.user_id, user._attributes, user._segments),
-            user._forced,
-            None,
-            include_reasons=False,
-        )
+        user_input = UserInput(user.user_id, user._attributes, user._segments)
         impressions: list[bytes] = []
-        result = self._flag_decision(user, flag, decision, _PLAIN, impressions)
+        result = self._flag_decision(user, user_input, flag, None, _PLAIN, impressions)
         if impressions:
             self._enqueue_nowait(impressions)
         return result
@@ -1002,12 +987,16 @@ class Client:
     def _flag_decision(
         self,
         user: UserContext,
+        user_input: UserInput,
         flag: FeatureFlag,
-        decision: VariationDecision,
+        profile: UserProfile | None,
         choices: _Choices,
         impressions: list[bytes],
     ) -> Decision:
-        """The decision for a flag; the impressions it calls for go on ``impressions``."""
+        """Decide a flag for a user; the impressions it calls for go on ``impressions``."""
+        decision = self._engine.decide_flag(
+            flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
+        )
         enabled = decision.enabled
         variation = decision.variation
         dispatched = False

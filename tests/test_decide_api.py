@@ -499,6 +499,24 @@ def _visitors(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _forwarding_reference(datafile: Mapping[str, Any]) -> tuple[Any, _Recorder]:
+    """optimizely-sdk on ``datafile``, dispatching each event at once, in order, to a recorder."""
+    from optimizely import optimizely as optimizely_module
+    from optimizely.event.event_processor import ForwardingEventProcessor
+    from optimizely.helpers.sdk_settings import OptimizelySdkSettings
+    from optimizely.logger import NoOpLogger
+
+    recorder = _Recorder()
+    reference = optimizely_module.Optimizely(
+        json.dumps(datafile),
+        event_dispatcher=recorder,
+        logger=NoOpLogger(),
+        event_processor=ForwardingEventProcessor(recorder, logger=NoOpLogger()),
+        settings=OptimizelySdkSettings(odp_disabled=True),
+    )
+    return reference, recorder
+
+
 async def test_impressions_match_optimizely_sdk(datafile: dict[str, Any]) -> None:
     from optimizely import optimizely as optimizely_module
     from optimizely.logger import NoOpLogger
@@ -573,22 +591,10 @@ async def test_every_call_matches_optimizely_sdk_on_random_datafiles(seed: int) 
     """activate, is_feature_enabled, decide and get_enabled_features on generated
     datafiles (groups, holdouts, repeated keys and ids...): the same answers and the same
     impressions as optimizely-sdk, in the same order."""
-    from optimizely import optimizely as optimizely_module
-    from optimizely.event.event_processor import ForwardingEventProcessor
-    from optimizely.helpers.sdk_settings import OptimizelySdkSettings
-    from optimizely.logger import NoOpLogger
-
     from tests.test_decisions import _random_case
 
     datafile, users, _, _ = _random_case(seed)
-    recorder = _Recorder()
-    reference = optimizely_module.Optimizely(
-        json.dumps(datafile),
-        event_dispatcher=recorder,
-        logger=NoOpLogger(),
-        event_processor=ForwardingEventProcessor(recorder, logger=NoOpLogger()),
-        settings=OptimizelySdkSettings(odp_disabled=True),
-    )
+    reference, recorder = _forwarding_reference(datafile)
     experiment_keys = [e["key"] for e in datafile["experiments"]] + [
         e["key"] for g in datafile["groups"] for e in g["experiments"]
     ]
@@ -721,19 +727,9 @@ async def test_variable_values_that_are_not_strings_cast_as_optimizely_sdk_casts
 async def test_odd_flag_values_decide_as_optimizely_sdk_decides(datafile: dict[str, Any]) -> None:
     # featureEnabled 1 and botFiltering 1: datafiles hold booleans, but optimizely-sdk takes
     # these; Is Feature Enabled asks for true itself, and bot filtering must be a boolean.
-    from optimizely import optimizely as optimizely_module
-    from optimizely.event.event_processor import ForwardingEventProcessor
-    from optimizely.logger import NoOpLogger
-
     datafile["experiments"][0]["variations"][1]["featureEnabled"] = 1
     datafile["botFiltering"] = 1
-    recorder = _Recorder()
-    reference = optimizely_module.Optimizely(
-        json.dumps(datafile),
-        event_dispatcher=recorder,
-        logger=NoOpLogger(),
-        event_processor=ForwardingEventProcessor(recorder, logger=NoOpLogger()),
-    )
+    reference, recorder = _forwarding_reference(datafile)
     api = EventsAPI()
     async with asgi_client(api, datafile) as client:
         mine = [

@@ -679,6 +679,17 @@ async def test_an_impression_names_the_variation_optimizely_sdk_finds_by_id() ->
     ]
 
 
+def _typed_variables(client: Any, user_id: str) -> list[Any]:
+    """The five variables of ``with_variables``, each through its typed getter."""
+    return [
+        client.get_feature_variable_string("new_checkout", "title", user_id),
+        client.get_feature_variable_integer("new_checkout", "max_items", user_id),
+        client.get_feature_variable_double("new_checkout", "ratio", user_id),
+        client.get_feature_variable_boolean("new_checkout", "express", user_id),
+        client.get_feature_variable_json("new_checkout", "config", user_id),
+    ]
+
+
 async def test_variable_values_that_are_not_strings_cast_as_optimizely_sdk_casts_them(
     datafile: dict[str, Any],
 ) -> None:
@@ -699,21 +710,9 @@ async def test_variable_values_that_are_not_strings_cast_as_optimizely_sdk_casts
     async with asgi_client(EventsAPI(), datafile) as client:
         mine = client.get_all_feature_variables("new_checkout", user)
         decided = await client.create_user_context(user).decide("new_checkout")
-        typed = [
-            client.get_feature_variable_string("new_checkout", "title", user),
-            client.get_feature_variable_integer("new_checkout", "max_items", user),
-            client.get_feature_variable_double("new_checkout", "ratio", user),
-            client.get_feature_variable_boolean("new_checkout", "express", user),
-            client.get_feature_variable_json("new_checkout", "config", user),
-        ]
+        typed = _typed_variables(client, user)
     theirs = reference.get_all_feature_variables("new_checkout", user)
-    their_typed = [
-        reference.get_feature_variable_string("new_checkout", "title", user),
-        reference.get_feature_variable_integer("new_checkout", "max_items", user),
-        reference.get_feature_variable_double("new_checkout", "ratio", user),
-        reference.get_feature_variable_boolean("new_checkout", "express", user),
-        reference.get_feature_variable_json("new_checkout", "config", user),
-    ]
+    their_typed = _typed_variables(reference, user)
     reference.close()
     assert mine == theirs == dict(decided.variables)
     assert mine["max_items"] == 7

@@ -4,7 +4,6 @@ Everything public is importable from here; the modules behind it are private.
 """
 
 from ._client import Client, UserContext
-from ._datafile import ProjectConfig, load_datafile
 from ._decide import (
     DecideOption,
     Decision,
@@ -13,6 +12,7 @@ from ._decide import (
     InMemoryUserProfileService,
     UserProfileService,
 )
+from ._decisions import ProjectConfig, load_datafile
 from ._exceptions import (
     ClientStateError,
     DatafileError,

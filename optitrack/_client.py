@@ -13,7 +13,6 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-from ._datafile import Experiment, FeatureFlag, Holdout, ProjectConfig, Variation, load_datafile
 from ._decide import (
     DecideOption,
     Decision,
@@ -21,7 +20,19 @@ from ._decide import (
     ForcedDecision,
     UserProfileService,
 )
-from ._decisions import DecisionEngine, RuleType, UserInput, UserProfile, VariationDecision
+from ._decisions import (
+    DecisionEngine,
+    Experiment,
+    FeatureFlag,
+    Holdout,
+    ProjectConfig,
+    RuleType,
+    UserInput,
+    UserProfile,
+    Variation,
+    VariationDecision,
+    load_datafile,
+)
 from ._events import EventFactory, InvalidTagsError
 from ._exceptions import ClientStateError, DecisionError, TrackError, unwrap_single_group
 from ._logging import logger

@@ -25,7 +25,7 @@ from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
-from ._datafile import Experiment, Holdout, ProjectConfig, Variation
+from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._logging import Throttled
 from ._version import __version__
 

@@ -13,17 +13,19 @@ from optimizely.helpers import condition as optimizely_condition
 from optimizely.helpers import condition_tree_evaluator
 from optimizely.logger import NoOpLogger, adapt_logger
 
-from optitrack._audiences import (
-    MATCH_TYPES,
-    compare_semver,
+from optitrack._decisions.audiences import (
     compile_audience,
     compile_audience_conditions,
-    compile_condition,
     decode_conditions,
+)
+from optitrack._decisions.conditions import (
+    MATCH_TYPES,
+    compare_semver,
+    compile_condition,
     evaluate_condition,
     is_finite_number,
 )
-from optitrack._datafile import Audience, TypedAudience
+from optitrack._decisions.datafile import Audience, TypedAudience
 
 # ---------------------------------------------------------------------------- random input
 # Shared with test_decisions.py, which builds random datafiles from these.

@@ -8,14 +8,14 @@ import mmh3
 import pytest
 from optimizely import bucketer as optimizely_bucketer
 
-from optitrack._bucketing import (
+from optitrack._decisions.bucketing import (
     BUCKETING_ID_ATTRIBUTE,
     bucket_value,
     compile_allocation,
     find_bucket,
     resolve_bucketing_id,
 )
-from optitrack._datafile import TrafficAllocation
+from optitrack._decisions.datafile import TrafficAllocation
 
 # From spec/04-decisions.md (the vectors every Optimizely SDK tests).
 SPEC_VECTORS = [

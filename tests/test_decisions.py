@@ -26,13 +26,14 @@ from optimizely.helpers.sdk_settings import OptimizelySdkSettings
 from optimizely.optimizely_user_context import OptimizelyUserContext
 from optimizely.user_profile import UserProfileService
 
-from optitrack._datafile import ProjectConfig, load_datafile
 from optitrack._decisions import (
     DecisionEngine,
+    ProjectConfig,
     RuleType,
     UserInput,
     UserProfile,
     VariationDecision,
+    load_datafile,
 )
 
 from .test_audiences import (
@@ -174,7 +175,7 @@ def _compare(
         flag_keys = [flag["key"] for flag in datafile.get("featureFlags", [])]
         # The client refuses an empty experiment key before deciding anything.
         experiment_keys = (
-            [k for k in ours.engine._experiments_by_key if k] if experiments_too else []
+            [k for k in ours.engine.config.experiments_by_key if k] if experiments_too else []
         )
         for user, forced in users:
             try:

@@ -14,13 +14,12 @@ touched per call.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import mmh3
 
-from ._datafile import TrafficAllocation
+from .datafile import TrafficAllocation
 
 __all__ = [
     "BUCKETING_ID_ATTRIBUTE",
@@ -33,7 +32,6 @@ __all__ = [
     "resolve_bucketing_id",
 ]
 
-logger = logging.getLogger("optitrack")
 
 #: The seed of Optimizely's MurmurHash3.
 HASH_SEED: Final = 1

@@ -1,57 +1,46 @@
-"""Audience conditions: three-valued condition trees, compiled once per datafile.
+"""Audience conditions: the leaves of audience trees, compiled once per datafile.
 
-An experiment's audience tree (``audienceConditions``, else ``audienceIds``) has audience
-ids at its leaves; each audience's own tree has conditions ``{name, type, match, value}``
-at its leaves. Both are evaluated with three-valued logic: ``True``, ``False`` and
-``None`` (unknown).
+A condition is ``{name, type, match, value}``. Its ``type`` must be ``custom_attribute``
+or ``third_party_dimension``; its ``match`` defaults to ``exact``. It evaluates to
+``True``, ``False`` or ``None`` (unknown): anything unknown, a missing or ``None``
+attribute, a value of the wrong type, a non-finite number or one beyond 2**53 is unknown
+(``exists`` and ``qualified`` do not look at the attribute's type).
 
-* ``["and", ...]`` is false if any operand is false, else unknown if any is unknown, else
-  true; ``["or", ...]`` is true if any operand is true, else unknown if any is unknown,
-  else false; ``["not", x, ...]`` negates its first operand only and keeps unknown (no
-  operand: unknown). A list whose first item is not an operator is an OR of all items.
-* A condition's ``type`` must be ``custom_attribute`` or ``third_party_dimension``; its
-  ``match`` defaults to ``exact``. Anything unknown, a missing or ``None`` attribute, a
-  value of the wrong type, a non-finite number or one beyond 2**53 is unknown (``exists``
-  and ``qualified`` do not look at the attribute's type).
+The behaviour is that of optimizely-sdk 5.7.0's ``helpers/condition.py``, down to its
+quirks: ``exact`` treats ``bool`` as its own type, and semantic versions compare over the
+target's parts only. Where that SDK raises (a non-ASCII digit in a version, an unhashable
+name or match), the result here is unknown instead.
 
-The behaviour is that of optimizely-sdk 5.7.0's ``helpers/condition.py``,
-``condition_tree_evaluator.py`` and ``audience.py``, down to its quirks: audiences are
-decoded the way it decodes them (every JSON object becomes the index of a condition, so a
-condition whose ``value`` is an object compares against that index), ``exact`` treats
-``bool`` as its own type, and semantic versions compare over the target's parts only.
-Where that SDK raises (an empty list inside a tree, a leaf that is neither an audience id
-nor a condition, a non-ASCII digit in a version), the result here is unknown instead.
-
-Compiled trees are plain closures ``(attributes, qualified_segments) -> bool | None``;
+Compiled conditions are plain closures ``(attributes, qualified_segments) -> bool | None``;
 nothing is parsed or allocated per evaluation beyond what the comparison needs.
+
+Owns: each match type's semantics and the evaluator protocol. Must not touch: how
+conditions combine into trees (:mod:`.audiences`), the datafile.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import numbers
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
-from ._datafile import Audience, TypedAudience
+from .._logging import logger
 
 __all__ = [
     "CONDITION_TYPES",
     "MATCH_TYPES",
     "Evaluator",
     "compare_semver",
-    "compile_audience",
-    "compile_audience_conditions",
     "compile_condition",
-    "decode_conditions",
     "evaluate_condition",
     "is_finite_number",
+    "is_strict",
+    "mark_strict",
+    "unknown",
 ]
-
-logger = logging.getLogger("optitrack")
 
 #: A compiled tree or condition: ``(attributes, qualified_segments) -> True | False | None``.
 Evaluator = Callable[[Mapping[str, Any], Collection[str] | None], bool | None]
@@ -75,11 +64,10 @@ MATCH_TYPES: Final = (
     "qualified",
 )
 
-_OPERATORS: Final = ("and", "or", "not")
 _MAX_NUMBER: Final = 2**53
 
 
-def _unknown(attributes: Mapping[str, Any], segments: Collection[str] | None) -> None:
+def unknown(attributes: Mapping[str, Any], segments: Collection[str] | None) -> None:
     return None
 
 
@@ -87,12 +75,18 @@ def _unknown(attributes: Mapping[str, Any], segments: Collection[str] | None) ->
 # comparison result (a numpy bool, say) up to the tree, whose "is True" and "is False"
 # tests must then see it as optimizely-sdk's do; a lone operand of "and" or "or" can stand
 # for its operator only when it is strict.
-_STRICT: weakref.WeakSet[Evaluator] = weakref.WeakSet([_unknown])
+_STRICT: weakref.WeakSet[Evaluator] = weakref.WeakSet([unknown])
 
 
-def _strict(evaluator: Evaluator) -> Evaluator:
+def mark_strict(evaluator: Evaluator) -> Evaluator:
+    """Record that ``evaluator`` returns only ``True``, ``False`` or ``None``."""
     _STRICT.add(evaluator)
     return evaluator
+
+
+def is_strict(evaluator: Evaluator) -> bool:
+    """Whether ``evaluator`` was marked with :func:`mark_strict`."""
+    return evaluator in _STRICT
 
 
 # ---------------------------------------------------------------------------- value types
@@ -244,7 +238,7 @@ def _unknown_with(message: str, *args: Any) -> Evaluator:
         logger.warning(message, *args)
         return None
 
-    return _strict(evaluate)
+    return mark_strict(evaluate)
 
 
 _UNKNOWN_VALUE = (
@@ -280,7 +274,7 @@ def _exact(name: Any, value: Any, text: str) -> Evaluator:
                 logger.warning(_UNEXPECTED_TYPE, text, type(user), name)
             return None
 
-        return _strict(evaluate_str)
+        return mark_strict(evaluate_str)
 
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> Any:
         user = attributes.get(name)
@@ -306,14 +300,14 @@ def _attribute_required(name: Any, text: str, then: Evaluator) -> Evaluator:
             return None
         return then(attributes, segments)
 
-    return _strict(evaluate) if then in _STRICT else evaluate
+    return mark_strict(evaluate) if is_strict(then) else evaluate
 
 
 def _exists(name: Any, value: Any, text: str) -> Evaluator:
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> bool:
         return attributes.get(name) is not None
 
-    return _strict(evaluate)
+    return mark_strict(evaluate)
 
 
 def _numeric(compare: Callable[[Any, Any], Any]) -> Callable[[Any, Any, str], Evaluator]:
@@ -360,7 +354,7 @@ def _substring(name: Any, value: Any, text: str) -> Evaluator:
             logger.warning(_UNEXPECTED_TYPE, text, type(user), name)
         return None
 
-    return _strict(evaluate)
+    return mark_strict(evaluate)
 
 
 def _semver(test: Callable[[int], bool]) -> Callable[[Any, Any, str], Evaluator]:
@@ -379,7 +373,7 @@ def _semver(test: Callable[[int], bool]) -> Callable[[Any, Any, str], Evaluator]
             result = compare_semver(value, user)
             return None if result is None else test(result)
 
-        return _strict(evaluate)
+        return mark_strict(evaluate)
 
     return factory
 
@@ -391,7 +385,7 @@ def _qualified(name: Any, value: Any, text: str) -> Evaluator:
     def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> bool:
         return segments is not None and value in segments
 
-    return _strict(evaluate)
+    return mark_strict(evaluate)
 
 
 _FACTORIES: Final[dict[str, Callable[[Any, Any, str], Evaluator]]] = {
@@ -444,7 +438,7 @@ def compile_condition(condition: Sequence[Any] | Mapping[str, Any]) -> Evaluator
         if match != "qualified":  # the only match that never looks the attribute up
             hash(name)
     except TypeError:  # an unhashable match or name, on which optimizely-sdk raises
-        return _unknown
+        return unknown
     if factory is None:
         return _unknown_with(
             "Audience condition %s uses an unknown match type. You may need to upgrade to a "
@@ -473,147 +467,3 @@ def evaluate_condition(
 
 
 # ---------------------------------------------------------------------------- trees
-
-
-def _compile_tree(tree: Any, leaf: Callable[[Any], Evaluator]) -> Evaluator:
-    if not isinstance(tree, list | tuple):
-        return leaf(tree)
-    if not tree:  # optimizely-sdk raises IndexError on an empty list inside a tree
-        return _unknown
-    head = tree[0]
-    if isinstance(head, str) and head in _OPERATORS:
-        operator, operands = head, tree[1:]
-    else:
-        operator, operands = "or", tree
-    if operator == "not":
-        # Only the first operand counts; the others are never evaluated.
-        return _not(_compile_tree(operands[0], leaf)) if operands else _unknown
-    children = tuple(_compile_tree(operand, leaf) for operand in operands)
-    if len(children) == 1 and children[0] in _STRICT:
-        return children[0]
-    if operator == "and":
-        return _and(children)
-    return _or(children)
-
-
-def _not(child: Evaluator) -> Evaluator:
-    def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> Any:
-        result = child(attributes, segments)
-        return None if result is None else not result
-
-    return _strict(evaluate)
-
-
-def _and(children: tuple[Evaluator, ...]) -> Evaluator:
-    def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> Any:
-        unknown = False
-        for child in children:
-            result = child(attributes, segments)
-            if result is False:
-                return False
-            if result is None:
-                unknown = True
-        return None if unknown else True
-
-    return _strict(evaluate)
-
-
-def _or(children: tuple[Evaluator, ...]) -> Evaluator:
-    def evaluate(attributes: Mapping[str, Any], segments: Collection[str] | None) -> Any:
-        unknown = False
-        for child in children:
-            result = child(attributes, segments)
-            if result is True:
-                return True
-            if result is None:
-                unknown = True
-        return None if unknown else False
-
-    return _strict(evaluate)
-
-
-class _ConditionDecoder:
-    # Mirrors optimizely-sdk: every JSON object becomes the index of its condition.
-    def __init__(self) -> None:
-        self.conditions: list[list[Any]] = []
-
-    def object_hook(self, obj: dict[str, Any]) -> int:
-        self.conditions.append(
-            [obj.get("name"), obj.get("value"), obj.get("type"), obj.get("match")]
-        )
-        return len(self.conditions) - 1
-
-
-def decode_conditions(text: str) -> tuple[Any, list[list[Any]]]:
-    """Decode an audience's conditions the way Optimizely's SDK does.
-
-    Args:
-        text: The conditions as JSON text.
-
-    Returns:
-        The tree with every JSON object replaced by its index, and the conditions as
-        ``[name, value, type, match]`` lists in that index order.
-
-    Raises:
-        ValueError: The text is not JSON.
-    """
-    decoder = _ConditionDecoder()
-    structure = json.JSONDecoder(object_hook=decoder.object_hook).decode(text)
-    return structure, decoder.conditions
-
-
-def compile_audience(audience: Audience | TypedAudience) -> Evaluator:
-    """Compile an audience's own condition tree.
-
-    Args:
-        audience: A legacy audience (conditions in a JSON string) or a typed one.
-
-    Returns:
-        The audience's evaluator; unknown when its conditions cannot be decoded.
-    """
-    try:
-        text = (
-            audience.conditions
-            if isinstance(audience, Audience)
-            else json.dumps(audience.conditions)
-        )
-        structure, conditions = decode_conditions(text)
-    except (TypeError, ValueError):
-        logger.warning("Audience %r has conditions that cannot be decoded.", audience.id)
-        return _unknown
-    compiled: dict[int, Evaluator] = {}
-
-    def leaf(index: Any) -> Evaluator:
-        # Only an index (bool included, as list indexing allows) names a condition.
-        if not isinstance(index, int) or not -len(conditions) <= index < len(conditions):
-            return _unknown
-        if index not in compiled:
-            compiled[index] = compile_condition(conditions[index])
-        return compiled[index]
-
-    return _compile_tree(structure, leaf)
-
-
-def compile_audience_conditions(
-    conditions: Any, audiences: Mapping[str, Evaluator]
-) -> Evaluator | None:
-    """Compile an experiment's (or rule's, or holdout's) audience tree.
-
-    Args:
-        conditions: ``audienceConditions`` when present, else the list of ``audienceIds``.
-        audiences: Compiled audiences by id (see :func:`compile_audience`).
-
-    Returns:
-        ``None`` when everyone qualifies (no conditions or an empty list), else the
-        evaluator. An audience id that is not in ``audiences`` is unknown.
-    """
-    if conditions is None or (isinstance(conditions, list | tuple) and not conditions):
-        return None
-
-    def leaf(audience_id: Any) -> Evaluator:
-        try:
-            return audiences.get(audience_id) or _unknown
-        except TypeError:  # an unhashable leaf, on which optimizely-sdk raises
-            return _unknown
-
-    return _compile_tree(conditions, leaf)

@@ -1,4 +1,4 @@
-"""The project datafile: validated on the way in, then indexed for O(1) look-ups.
+"""The project datafile: its shape, and validating it on the way in.
 
 The pydantic models mirror the datafile's camelCase JSON (versions 2, 3 and 4). They check
 what Optimizely's own JSON schema checks (required keys and their types) plus
@@ -8,34 +8,26 @@ schema has no type (flags read by their truth, variable values cast as its SDK c
 datafile that fails raises :class:`~optitrack.DatafileError` with one ``location:
 message`` line per problem.
 
-:class:`ProjectConfig` is the read-only, indexed view that the hot paths use.
+Owns: the datafile's models and turning bytes, text, a path or a mapping into a validated
+:class:`Datafile`. Must not touch: indexing (:mod:`.project`), deciding (:mod:`.engine`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ._exceptions import DatafileError
+from .._exceptions import DatafileError
 
-__all__ = ["Datafile", "ProjectConfig", "load_datafile"]
+__all__ = ["Datafile", "DatafileSource", "parse_datafile"]
 
-logger = logging.getLogger("optitrack")
-
-SUPPORTED_VERSIONS = ("2", "3", "4")
 MAX_END_OF_RANGE = 10_000
-RESERVED_ATTRIBUTE_PREFIX = "$opt_"
-
-US_EVENT_ENDPOINT = "https://logx.optimizely.com/v1/events"
-EU_EVENT_ENDPOINT = "https://eu.logx.optimizely.com/v1/events"
 
 
 def _camel(name: str) -> str:
@@ -320,8 +312,12 @@ def _read(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Any:
         raise DatafileError([f"(json): not valid JSON: {exc}"]) from exc
 
 
-def load_datafile(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> ProjectConfig:
-    """Load and validate a project datafile.
+#: What a datafile may be given as: JSON text or bytes, a path, or parsed JSON.
+DatafileSource = str | bytes | os.PathLike[str] | Mapping[str, Any]
+
+
+def parse_datafile(source: DatafileSource) -> Datafile:
+    """Read and validate a datafile (without indexing it: see :func:`.load_datafile`).
 
     Args:
         source: The datafile as JSON text or bytes, a path to a JSON file (a
@@ -329,7 +325,7 @@ def load_datafile(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) ->
             parsed JSON).
 
     Returns:
-        The indexed, read-only project config.
+        The validated datafile.
 
     Raises:
         DatafileError: The datafile is not JSON, misses a required key, has a value of the
@@ -340,155 +336,7 @@ def load_datafile(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) ->
     if not isinstance(raw, Mapping):
         raise DatafileError([f"(datafile): must be a JSON object (got {type(raw).__name__})"])
     try:
-        datafile = Datafile.model_validate(raw)
+        return Datafile.model_validate(raw)
     except pydantic.ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
         raise DatafileError(problems) from exc
-    return ProjectConfig(datafile)
-
-
-def _by(items: Any, attr: str) -> MappingProxyType[str, Any]:
-    # Later entries win over earlier ones with the same key, as in Optimizely's SDK.
-    return MappingProxyType({getattr(item, attr): item for item in items})
-
-
-def _parse_conditions(audience: Audience | TypedAudience) -> Any:
-    if isinstance(audience, TypedAudience):
-        return audience.conditions
-    try:
-        return json.loads(audience.conditions)
-    except ValueError:
-        logger.warning(
-            "Audience %r has conditions that are not valid JSON; it evaluates to unknown.",
-            audience.id,
-        )
-        return None
-
-
-class ProjectConfig:
-    """The read-only, indexed view of a datafile.
-
-    Every look-up the hot paths need (events, attributes, experiments, variations, flags,
-    rollouts, audiences, groups, by key and by id) is one dict access.
-
-    Attributes:
-        datafile: The validated datafile this config was built from.
-    """
-
-    def __init__(self, datafile: Datafile) -> None:
-        self.datafile = datafile
-        self.account_id = datafile.account_id
-        self.project_id = datafile.project_id
-        self.revision = datafile.revision
-        self.anonymize_ip = datafile.anonymize_ip
-        self.bot_filtering = datafile.bot_filtering
-        self.send_flag_decisions = datafile.send_flag_decisions
-        self.region = "EU" if str(datafile.region or "").upper() == "EU" else "US"
-        self.default_event_endpoint = (
-            EU_EVENT_ENDPOINT if self.region == "EU" else US_EVENT_ENDPOINT
-        )
-
-        self.events_by_key: Mapping[str, Event] = _by(datafile.events, "key")
-        self.events_by_id: Mapping[str, Event] = _by(datafile.events, "id")
-        self.attributes_by_key: Mapping[str, Attribute] = _by(datafile.attributes, "key")
-        self.attributes_by_id: Mapping[str, Attribute] = _by(datafile.attributes, "id")
-        self.groups_by_id: Mapping[str, Group] = _by(datafile.groups, "id")
-        self.rollouts_by_id: Mapping[str, Rollout] = _by(datafile.rollouts, "id")
-        self.flags_by_key: Mapping[str, FeatureFlag] = _by(datafile.feature_flags, "key")
-        self.flags_by_id: Mapping[str, FeatureFlag] = _by(datafile.feature_flags, "id")
-
-        audiences: dict[str, Audience | TypedAudience] = {a.id: a for a in datafile.audiences}
-        audiences.update((a.id, a) for a in datafile.typed_audiences)
-        self.audiences_by_id: Mapping[str, Audience | TypedAudience] = MappingProxyType(audiences)
-        #: Each audience's condition tree, parsed once (``None`` when unparseable).
-        self.audience_conditions: Mapping[str, Any] = MappingProxyType(
-            {audience_id: _parse_conditions(a) for audience_id, a in audiences.items()}
-        )
-
-        experiments: dict[str, Experiment] = {e.id: e for e in datafile.experiments}
-        group_of: dict[str, Group] = {}
-        for group in datafile.groups:
-            for experiment in group.experiments:
-                experiments[experiment.id] = experiment
-                group_of[experiment.id] = group
-        rules: dict[str, Experiment] = {}
-        for rollout in datafile.rollouts:
-            rules.update((rule.id, rule) for rule in rollout.experiments)
-        #: Experiments (top level and in groups), by id and by key.
-        self.experiments_by_id: Mapping[str, Experiment] = MappingProxyType(experiments)
-        self.experiments_by_key: Mapping[str, Experiment] = _by(experiments.values(), "key")
-        #: Rollout rules by id.
-        self.rollout_rules_by_id: Mapping[str, Experiment] = MappingProxyType(rules)
-        #: The group an experiment belongs to, by experiment id.
-        self.group_by_experiment_id: Mapping[str, Group] = MappingProxyType(group_of)
-        #: Variations by experiment (or rule) id, then by variation key and by id.
-        self.variations_by_key: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
-            {e.id: _by(e.variations, "key") for e in (*experiments.values(), *rules.values())}
-        )
-        self.variations_by_id: Mapping[str, Mapping[str, Variation]] = MappingProxyType(
-            {e.id: _by(e.variations, "id") for e in (*experiments.values(), *rules.values())}
-        )
-        #: The flags whose experiment rules include an experiment, by experiment id.
-        flags_of: dict[str, list[FeatureFlag]] = {}
-        for flag in datafile.feature_flags:
-            for experiment_id in flag.experiment_ids:
-                flags_of.setdefault(experiment_id, []).append(flag)
-        self.flags_by_experiment_id: Mapping[str, tuple[FeatureFlag, ...]] = MappingProxyType(
-            {k: tuple(v) for k, v in flags_of.items()}
-        )
-        self._warn_dangling_references()
-
-    def _warn_dangling_references(self) -> None:
-        for experiment in (*self.experiments_by_id.values(), *self.rollout_rules_by_id.values()):
-            for audience_id in experiment.audience_ids:
-                if audience_id not in self.audiences_by_id:
-                    logger.warning(
-                        "Experiment %r refers to audience %r, which is not in the datafile; "
-                        "it evaluates to unknown.",
-                        experiment.key,
-                        audience_id,
-                    )
-        for flag in self.flags_by_key.values():
-            for experiment_id in flag.experiment_ids:
-                if experiment_id not in self.experiments_by_id:
-                    logger.warning(
-                        "Flag %r refers to experiment %r, which is not in the datafile.",
-                        flag.key,
-                        experiment_id,
-                    )
-            if flag.rollout_id and flag.rollout_id not in self.rollouts_by_id:
-                logger.warning(
-                    "Flag %r refers to rollout %r, which is not in the datafile.",
-                    flag.key,
-                    flag.rollout_id,
-                )
-
-    def attribute_entity_id(self, key: str) -> str | None:
-        """The ``entity_id`` an attribute is sent with, or ``None`` when it is not sent.
-
-        Args:
-            key: The attribute key the caller passed.
-
-        Returns:
-            The datafile attribute's id; the key itself for a ``$opt_`` key that is not in
-            the datafile; ``None`` for any other key.
-        """
-        attribute = self.attributes_by_key.get(key)
-        if attribute is not None:
-            return attribute.id or None
-        if key.startswith(RESERVED_ATTRIBUTE_PREFIX):
-            return key
-        return None
-
-    def get_experiment(self, experiment_id: str) -> Experiment | None:
-        """An experiment or rollout rule by id.
-
-        Args:
-            experiment_id: The experiment's or rule's id.
-
-        Returns:
-            The experiment or rule, or ``None`` when the datafile has neither.
-        """
-        return self.experiments_by_id.get(experiment_id) or self.rollout_rules_by_id.get(
-            experiment_id
-        )

@@ -29,7 +29,7 @@ What it prints, on asyncio and on Trio (medians of repeated runs):
    and drops the rest when its thread falls behind: fewer impressions per decision than
    optitrack means it dropped some (and that its calls were cheaper for it).
 
-Targets (issue #4): at least 100k decisions per second, and at least 20 times
+Targets: at least 100k decisions per second, and at least 20 times
 optimizely-sdk's ``decide``.
 
 Run it from the repository root::

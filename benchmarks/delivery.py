@@ -1,6 +1,6 @@
 """Benchmark delivery when the Events API misbehaves: shutdown, outage recovery, poison.
 
-Every figure is printed, never asserted; the targets of spec 03-processor.md are printed
+Every figure is printed, never asserted; the batch processor's targets are printed
 beside them. The Events API stand-in runs in a separate process (``_collector.py``) on
 127.0.0.1 and is told to misbehave over its control pipe. The client runs with its
 default settings unless said otherwise, on asyncio and on Trio.

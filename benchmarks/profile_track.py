@@ -17,8 +17,9 @@ Not a benchmark of targets but the diagnosis behind them (docs/benchmarks.md quo
 5. the awaited track calls that yield to the worker (one per ``batch_size``), timed apart
    from the others: they carry the p99.9 of the caller time.
 
-It reaches into private modules (``optitrack._events``) to time the pieces. The stand-in
-runs in a separate process (``_collector.py --count-only``) on 127.0.0.1.
+It reaches into private modules (``optitrack._events``, ``optitrack._uuid``) and the
+client's queue to time the pieces. The stand-in runs in a separate process
+(``_collector.py --count-only``) on 127.0.0.1.
 
 Run it from the repository root::
 
@@ -53,8 +54,9 @@ from _bench import (
 )
 
 import optitrack
-from optitrack._events import encode_tags, new_uuid
-from optitrack._processor import DEFAULT_BATCH_SIZE
+from optitrack._delivery import DEFAULT_BATCH_SIZE
+from optitrack._events import encode_tags
+from optitrack._uuid import new_uuid
 
 #: Batch sizes of the delivery-cost drains (section 3).
 DRAIN_BATCH_SIZES = (100, 500, 1000, 2000)
@@ -119,9 +121,9 @@ def breakdown(url: str, calls: int, repeats: int) -> list[tuple[str, float]]:
             max_batch_bytes=3_500_000,
             close_timeout=0.0,
         ) as client:
-            factory = client._factory
-            processor = client._processor
-            context = client._context
+            factory = client._intake.factory
+            queue = client._intake.queue
+            context = client._intake.context
             data = factory.conversion(EVENT_KEY, users[0], {"plan": "pro"}, {"revenue": 4200})
             assert data is not None
 
@@ -144,7 +146,7 @@ def breakdown(url: str, calls: int, repeats: int) -> list[tuple[str, float]]:
 
             def enqueue(k: int) -> None:
                 for _ in range(k):
-                    processor.put_nowait(context, data)
+                    queue.put_nowait(context, data)
 
             if piece == "await":
                 times = []
@@ -205,7 +207,7 @@ def breakdown(url: str, calls: int, repeats: int) -> list[tuple[str, float]]:
         ("    new_uuid()", ns["uuid"]),
         ("    time.time_ns() // 1_000_000", ns["time"]),
         ("    the rest (formatting the visitor, revenue, encode)", rest),
-        ("  processor.put_nowait(ctx, data)", ns["enqueue"]),
+        ("  queue.put_nowait(ctx, data)", ns["enqueue"]),
         ("the arguments: two dict literals, a user id", ns["literals"]),
         ("await of a coroutine that returns", ns["noop"]),
     ]
@@ -317,8 +319,8 @@ async def checkpoint_calls(url: str, calls: int) -> list[str]:
     """Time each awaited track call, and tell apart those that yielded to the worker.
 
     ``track`` yields once per ``batch_size`` calls (and at every call while the queue is
-    short of room), when ``BatchProcessor.turn()`` says so and resets its count of calls;
-    in that checkpoint the worker forms a batch and starts its request.
+    short of room): ``BatchQueue.put`` counts its calls and, when one is due, resets the
+    count and yields; in that checkpoint the worker forms a batch and starts its request.
     """
     users = USERS
     n = len(users)
@@ -332,7 +334,7 @@ async def checkpoint_calls(url: str, calls: int) -> list[str]:
         max_queue_bytes=1_000_000_000,
         close_timeout=60.0,
     ) as client:
-        processor = client._processor
+        queue = client._intake.queue
         track = client.track
         for i in range(10_000):
             await track(EVENT_KEY, users[i % n], {"plan": "pro"}, {"revenue": 4200})
@@ -341,7 +343,7 @@ async def checkpoint_calls(url: str, calls: int) -> list[str]:
             t0 = clock()
             await track(EVENT_KEY, user, {"plan": "pro"}, {"revenue": 4200})
             samples[i] = clock() - t0
-            yielded[i] = processor._offers == 0  # turn() said yes, and started again
+            yielded[i] = queue._offers == 0  # put yielded, and started counting again
     at = [samples[i] for i in range(calls) if yielded[i]]
     rest = [samples[i] for i in range(calls) if not yielded[i]]
     slow = [i for i in range(calls) if samples[i] > 50_000]

@@ -1,6 +1,6 @@
 """Benchmark ``await client.track(...)`` and delivery, against optimizely-sdk in the same run.
 
-Every figure is printed, never asserted; the targets of spec 03-processor.md are printed
+Every figure is printed, never asserted; the batch processor's targets are printed
 beside them. The Events API stand-in runs in a separate process (``_collector.py``,
 ``EventsAPI(validate=False, record=False)`` on 127.0.0.1), so the CPU measured here is
 the client's alone. The call is always

@@ -3,16 +3,9 @@
 Everything public is importable from here; the modules behind it are private.
 """
 
-from ._client import Client, UserContext
-from ._decide import (
-    DecideOption,
-    Decision,
-    DecisionContext,
-    ForcedDecision,
-    InMemoryUserProfileService,
-    UserProfileService,
-)
+from ._client import Client
 from ._decisions import ProjectConfig, load_datafile
+from ._delivery import Overflow, RetryPolicy
 from ._exceptions import (
     ClientStateError,
     DatafileError,
@@ -27,9 +20,9 @@ from ._notifications import (
     NotificationType,
     TrackNotification,
 )
-from ._processor import Overflow
+from ._profiles import InMemoryUserProfileService, SyncUserProfileService, UserProfileService
 from ._results import FlushResult, Reason, Statistics, TrackResult
-from ._retry import RetryPolicy
+from ._user import DecideOption, Decision, DecisionContext, ForcedDecision, UserContext
 from ._version import __version__
 
 __all__ = [
@@ -53,6 +46,7 @@ __all__ = [
     "Reason",
     "RetryPolicy",
     "Statistics",
+    "SyncUserProfileService",
     "TrackError",
     "TrackNotification",
     "TrackResult",
@@ -61,3 +55,11 @@ __all__ = [
     "__version__",
     "load_datafile",
 ]
+
+# Public names say they are from here, not from the private module that defines them: so
+# reprs, tracebacks and the API reference never show a private path.
+for _name in __all__:
+    _member = globals()[_name]
+    if getattr(_member, "__module__", "").startswith("optitrack."):
+        _member.__module__ = "optitrack"
+del _name, _member

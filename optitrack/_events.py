@@ -13,12 +13,10 @@ the tests hold the two together.
 from __future__ import annotations
 
 import decimal
-import itertools
 import json
 import logging
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
@@ -26,15 +24,16 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
+from ._delivery import BatchContext
 from ._logging import Throttled
+from ._uuid import new_uuid
 from ._version import __version__
 
 __all__ = [
     "CLIENT_NAME",
-    "BatchContext",
     "EventFactory",
     "InvalidTagsError",
-    "new_uuid",
+    "batch_context",
 ]
 
 logger = logging.getLogger("optitrack")
@@ -51,130 +50,51 @@ ImpressionVariation = Callable[
 ]
 
 
-# Event uuids: 74 random bits per process (from the OS), then a 48-bit counter from a
-# random start, in the RFC 4122 version 4 layout. Unique within a process by the counter,
-# across processes by the random part; and three times cheaper than formatting 122 fresh
-# random bits per event, which the hot paths feel. The random part is drawn at a process's
-# first uuid, not at import, and again in a forked child: so workers forked from a master
-# that imported optitrack differ even when the fork skips Python's at-fork hooks (uWSGI).
-_UUID_COUNTER_END = 1 << 48
-_uuid_head = ""
-
-
-def _new_uuid_stream() -> None:
-    global _uuid_head, _uuid_count
-    bits = int.from_bytes(os.urandom(16), "big")
-    _uuid_head = "%08x-%04x-4%03x-%04x-" % (
-        bits >> 96,
-        (bits >> 80) & 0xFFFF,
-        (bits >> 68) & 0xFFF,
-        ((bits >> 54) & 0x3FFF) | 0x8000,
-    )
-    _uuid_count = itertools.count(bits & (_UUID_COUNTER_END // 2 - 1)).__next__
-
-
-def _first_uuid_count() -> int:
-    _new_uuid_stream()
-    return _uuid_count()
-
-
-def _forget_uuid_stream() -> None:
-    global _uuid_count
-    _uuid_count = _first_uuid_count
-
-
-_uuid_count: Callable[[], int] = _first_uuid_count
-os.register_at_fork(after_in_child=_forget_uuid_stream)
-
-
-def new_uuid() -> str:
-    """Return a unique id in the RFC 4122 version 4 layout, as a string."""
-    count = _uuid_count()
-    if count >= _UUID_COUNTER_END:  # after 2**47 ids at least: a new stream
-        _new_uuid_stream()
-        count = _uuid_count()
-    return "%s%012x" % (_uuid_head, count)
-
-
 class InvalidTagsError(ValueError):
     """Event tags that cannot be sent as valid JSON (NaN, a ``datetime``, a cycle...)."""
 
 
-class BatchContext:
+#: The body's closing bytes, after the last visitor.
+_BODY_SUFFIX = b"]}"
+
+
+def batch_context(
+    *,
+    account_id: str,
+    project_id: str,
+    revision: str,
+    anonymize_ip: bool,
+    endpoint: str,
+) -> BatchContext:
     """What events must share to travel in one request (02-events-api.md).
 
-    Two contexts are equal when account, project, revision, ``anonymize_ip`` and endpoint
-    are; ``prefix`` is the request body up to the opening of ``visitors``.
+    The Events API's envelope: the request body up to the opening of ``visitors``, and
+    its close. Two contexts are equal when account, project, revision, ``anonymize_ip``
+    and endpoint are, since all of them are in the prefix or the endpoint.
+
+    Args:
+        account_id: The datafile's account id.
+        project_id: The datafile's project id.
+        revision: The datafile's revision.
+        anonymize_ip: Whether the Events API should anonymize the visitor's IP.
+        endpoint: The Events API endpoint the events go to.
+
+    Returns:
+        The batch context for :mod:`optitrack._delivery`.
     """
-
-    __slots__ = (
-        "_key",
-        "account_id",
-        "anonymize_ip",
-        "endpoint",
-        "prefix",
-        "project_id",
-        "revision",
-    )
-
-    def __init__(
-        self,
-        *,
-        account_id: str,
-        project_id: str,
-        revision: str,
-        anonymize_ip: bool,
-        endpoint: str,
-    ) -> None:
-        self.account_id = account_id
-        self.project_id = project_id
-        self.revision = revision
-        self.anonymize_ip = anonymize_ip
-        self.endpoint = endpoint
-        self._key = (account_id, project_id, revision, anonymize_ip, endpoint)
-        self.prefix = (
-            '{"account_id":%s,"project_id":%s,"revision":%s,"client_name":%s,'
-            '"client_version":%s,"anonymize_ip":%s,"enrich_decisions":true,"visitors":['
-            % (
-                _json_str(account_id),
-                _json_str(project_id),
-                _json_str(revision),
-                _json_str(CLIENT_NAME),
-                _json_str(__version__),
-                "true" if anonymize_ip else "false",
-            )
-        ).encode("ascii")
-
-    #: The body's closing bytes, after the last visitor.
-    SUFFIX = b"]}"
-
-    def body(self, visitors: list[bytes]) -> bytes:
-        """Assemble a request body from serialized visitors.
-
-        Args:
-            visitors: Visitors serialized by :class:`EventFactory`.
-
-        Returns:
-            The complete JSON request body.
-        """
-        return b"".join((self.prefix, b",".join(visitors), self.SUFFIX))
-
-    def body_size(self, visitors_bytes: int, count: int) -> int:
-        """The size of a body holding ``count`` visitors totalling ``visitors_bytes``."""
-        return len(self.prefix) + visitors_bytes + max(count - 1, 0) + len(self.SUFFIX)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BatchContext) and self._key == other._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __repr__(self) -> str:
-        return (
-            f"BatchContext(account_id={self.account_id!r}, project_id={self.project_id!r}, "
-            f"revision={self.revision!r}, anonymize_ip={self.anonymize_ip!r}, "
-            f"endpoint={self.endpoint!r})"
+    prefix = (
+        '{"account_id":%s,"project_id":%s,"revision":%s,"client_name":%s,'
+        '"client_version":%s,"anonymize_ip":%s,"enrich_decisions":true,"visitors":['
+        % (
+            _json_str(account_id),
+            _json_str(project_id),
+            _json_str(revision),
+            _json_str(CLIENT_NAME),
+            _json_str(__version__),
+            "true" if anonymize_ip else "false",
         )
+    ).encode("ascii")
+    return BatchContext(endpoint, prefix, _BODY_SUFFIX)
 
 
 def _json_default(value: Any) -> Any:
@@ -325,7 +245,7 @@ class EventFactory:
     ) -> None:
         self.config = config
         self._impression_variation = impression_variation
-        self.context = BatchContext(
+        self.context = batch_context(
             account_id=config.account_id,
             project_id=config.project_id,
             revision=config.revision,

@@ -5,8 +5,6 @@ must be quick). A listener that raises is logged, with its traceback, and never 
 track call, a decision or delivery.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

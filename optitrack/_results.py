@@ -1,7 +1,5 @@
 """What optitrack reports back: track results, flush outcomes, ledger snapshots."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum

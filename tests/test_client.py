@@ -305,3 +305,17 @@ async def test_str_subclasses_are_strings(datafile: dict[str, Any]) -> None:
     (event,) = api.events
     assert event.key == "purchase"
     assert [a.key for a in api.visitors[0].attributes] == ["plan", "$opt_bot_filtering"]
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1/v1/events", "localhost:8765/v1/events", "ftp://x/v1/events", ""]
+)
+def test_a_bad_endpoint_is_refused_up_front(datafile: dict[str, Any], endpoint: str) -> None:
+    if not endpoint:
+        datafile["region"] = "EU"  # "" means the default: fine
+        assert optitrack.Client(datafile, event_endpoint=endpoint).event_endpoint.startswith(
+            "https://eu."
+        )
+        return
+    with pytest.raises(ValueError, match="event_endpoint"):
+        optitrack.Client(datafile, event_endpoint=endpoint)

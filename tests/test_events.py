@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import os
 import uuid
 from collections import OrderedDict
 from decimal import Decimal
@@ -16,7 +14,8 @@ from typing import Any
 import pytest
 
 from optitrack import load_datafile
-from optitrack._events import EventFactory, InvalidTagsError, encode_tags, new_uuid
+from optitrack._delivery import BatchContext
+from optitrack._events import EventFactory, InvalidTagsError, batch_context, encode_tags
 from tests.conftest import comparable, load_fixture
 
 FIXTURE_ATTRIBUTES = {
@@ -99,14 +98,6 @@ def test_timestamp_and_uuid(factory: EventFactory) -> None:
     after = int(time.time() * 1000)
     assert before <= event["timestamp"] <= after
     assert uuid.UUID(event["uuid"]).version == 4
-
-
-def test_uuids_are_unique_and_rfc4122() -> None:
-    seen = {new_uuid() for _ in range(100_000)}
-    assert len(seen) == 100_000
-    parsed = uuid.UUID(next(iter(seen)))
-    assert parsed.version == 4
-    assert parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize(
@@ -291,44 +282,12 @@ def test_batch_context_prefix(factory: EventFactory) -> None:
     assert len(factory.context.body(items)) == factory.context.body_size(14, 2)
 
 
-def test_uuid_stream_is_reseeded_in_a_forked_child() -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read)
-        os.write(write, new_uuid().encode())
-        os._exit(0)
-    os.close(write)
-    mine = new_uuid()
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert child
-    assert child != mine
-
-
 def test_recurring_attribute_sets_keep_their_types(factory: EventFactory) -> None:
     values = [1, True, 1.0, 1, True, -0.0, 0.0, "1", 1]
     sent = [json.loads(factory.attributes_json({"age": value}))[0]["value"] for value in values]
     assert [(type(v), v) for v in sent] == [(type(v), v) for v in values]
     assert json.loads(factory.attributes_json({"age": -0.0}))[0]["value"] == 0.0
     assert factory.attributes_json({"age": -0.0}) != factory.attributes_json({"age": 0.0})
-
-
-def test_a_new_uuid_stream_starts_before_the_counter_runs_out(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from optitrack import _events
-
-    monkeypatch.setattr(
-        _events, "_uuid_count", itertools.count(_events._UUID_COUNTER_END - 1).__next__
-    )
-    last = new_uuid()
-    fresh = new_uuid()
-    assert last.endswith("-ffffffffffff")
-    assert fresh[:24] != last[:24]  # another random part
-    assert int(fresh[24:], 16) < _events._UUID_COUNTER_END // 2
-    assert uuid.UUID(fresh).version == 4
 
 
 def test_attribute_sets_with_a_float_subclass_are_rendered_afresh(factory: EventFactory) -> None:
@@ -341,18 +300,31 @@ def test_attribute_sets_with_a_float_subclass_are_rendered_afresh(factory: Event
     assert positive == factory.attributes_json({"age": 0.0})
 
 
-def test_importing_draws_no_uuid_stream() -> None:
-    # Workers forked from a master that only imported optitrack must not share a stream,
-    # even when the fork skips Python's at-fork hooks (uWSGI by default).
-    import subprocess
-    import sys
+def test_batch_contexts_are_equal_exactly_when_their_fields_are() -> None:
+    def context(
+        account: str = "12001",
+        project: str = "111001",
+        revision: str = "42",
+        anonymize_ip: bool = True,
+        endpoint: str = "https://logx.optimizely.com/v1/events",
+    ) -> BatchContext:
+        return batch_context(
+            account_id=account,
+            project_id=project,
+            revision=revision,
+            anonymize_ip=anonymize_ip,
+            endpoint=endpoint,
+        )
 
-    code = (
-        "from optitrack import _events\n"
-        "print(repr(_events._uuid_head))\n"
-        "print(_events.new_uuid()[:24] == _events._uuid_head)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.split()
-    assert out == ["''", "True"]
+    assert context() == context()
+    assert hash(context()) == hash(context())
+    assert context().endpoint == "https://logx.optimizely.com/v1/events"
+    others = [
+        context(account="12002"),
+        context(project="111002"),
+        context(revision="43"),
+        context(anonymize_ip=False),
+        context(endpoint="https://eu.logx.optimizely.com/v1/events"),
+    ]
+    for other in others:
+        assert other != context()

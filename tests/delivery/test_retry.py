@@ -1,4 +1,4 @@
-"""The retry policy: validation, backoff, Retry-After parsing, retryable statuses."""
+"""The retry policy (optitrack/_delivery/retry.py): validation, backoff, Retry-After, statuses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import email.utils
 import pytest
 
 from optitrack import RetryPolicy
-from optitrack._retry import is_retryable_status, parse_retry_after
+from optitrack._delivery.retry import is_retryable_status, parse_retry_after
 
 
 def test_policy_is_frozen_and_keyword_only() -> None:

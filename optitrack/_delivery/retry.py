@@ -1,4 +1,10 @@
-"""The retry policy: which answers to retry, how long to wait, when to give up."""
+"""The retry policy: which answers to retry, how long to wait, when to give up.
+
+Owns :class:`RetryPolicy` (its knobs, their defaults and checks, the backoff formula) and
+the pure helpers that read an answer: :func:`is_retryable_status` and
+:func:`parse_retry_after`. It decides nothing by itself and keeps no state: no event
+loop, no I/O; the sender applies it.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,519 @@
+"""The decider: every decision call, from the caller's input to the decision and its events.
+
+One path for ``decide``, ``decide_for_keys``, ``decide_all``, ``activate``,
+``get_variation``, ``is_feature_enabled`` and the feature variables: check the input,
+read decide options, read the user profile, ask the engine, build the impressions the
+decision calls for (each call keeps Optimizely's own rule for when it sends one), queue
+them, save the profile, and tell the notification listeners.
+
+Owns: that path. Must not touch: how a variation is
+chosen (``_decisions``), how events are serialized (``_events``) or queued (the intake).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from ._decisions import (
+    DecisionEngine,
+    Experiment,
+    FeatureFlag,
+    ProjectConfig,
+    RuleType,
+    UserInput,
+    UserProfile,
+    VariationDecision,
+)
+from ._events import EventFactory
+from ._exceptions import DecisionError
+from ._logging import logger
+from ._notifications import DecisionNotification, NotificationCenter, NotificationType
+from ._options import Choices, DecideOptions
+from ._profiles import ProfileStore
+from ._user import DecideOption, Decision, UserContext
+
+__all__ = ["Decider", "Impressions"]
+
+_NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
+# Enum members as module constants: the hot paths compare them, and a module global is
+# several times cheaper to read than a class attribute of an enum.
+_EXPERIMENT, _FEATURE_TEST = RuleType.EXPERIMENT, RuleType.FEATURE_TEST
+_HOLDOUT, _ROLLOUT = RuleType.HOLDOUT, RuleType.ROLLOUT
+_DECISION = NotificationType.DECISION
+
+
+class Impressions(Protocol):
+    """Where the decider's impressions go: the client's intake."""
+
+    @property
+    def factory(self) -> EventFactory:
+        """The event format of the datafile in use."""
+        ...
+
+    def require_started(self, method: str) -> None:
+        """Raise ClientStateError when the client was never entered."""
+        ...
+
+    async def put_impressions(self, impressions: list[bytes]) -> None:
+        """Queue impressions (refusals are counted and logged)."""
+        ...
+
+
+class Decider:
+    """Makes every decision call for a client.
+
+    Args:
+        engine: The decision engine (it holds the project config).
+        intake: Where impressions go.
+        notifications: The client's notification center.
+        profiles: The client's user profile service, wrapped.
+        strict: Raise :class:`DecisionError` on invalid input instead of logging it.
+        default_options: Options added to every ``decide``.
+    """
+
+    def __init__(
+        self,
+        engine: DecisionEngine,
+        intake: Impressions,
+        notifications: NotificationCenter,
+        profiles: ProfileStore,
+        *,
+        strict: bool,
+        default_options: Iterable[DecideOption | str],
+    ) -> None:
+        self.engine = engine
+        self._config = engine.config
+        self._intake = intake
+        self._notifications = notifications
+        self._profiles = profiles
+        self._strict = strict
+        self.options = DecideOptions(default_options, self._invalid)
+
+    @property
+    def config(self) -> ProjectConfig:
+        """The project config decisions are made with."""
+        return self._config
+
+    def update(self, config: ProjectConfig) -> None:
+        """Decide with a new datafile from now on (forced variations are kept)."""
+        self.engine.update_config(config)
+        self._config = config
+
+    # -- decide ----------------------------------------------------------------------
+
+    async def decide(
+        self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
+    ) -> Decision:
+        """Decide one flag for a user (:meth:`UserContext.decide`)."""
+        if not isinstance(key, str):
+            self._invalid(f"Flag key must be a str, not {key!r:.60}.")
+            reason = f'No flag was found for key "{key}".'
+            return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
+        self._intake.require_started("decide")
+        choices = self.options.read(options) if options else self.options.defaults
+        flag = self._config.flags_by_key.get(key)
+        if flag is None:
+            reason = f'No flag was found for key "{key}".'
+            logger.error("No feature flag was found for key '%s'.", key)
+            if self._strict:
+                raise DecisionError(reason)
+            return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
+        profile = None
+        if choices.use_profiles and self._profiles.service is not None:
+            profile = await self._profiles.load(user.user_id)
+        impressions: list[bytes] = []
+        result = self._decide_for(user, flag, profile, choices, impressions)
+        if impressions:
+            await self._intake.put_impressions(impressions)
+        if profile is not None and profile.changed:
+            await self._profiles.save(profile)
+        return result
+
+    async def decide_many(
+        self,
+        user: UserContext,
+        keys: Sequence[str] | None,
+        options: Iterable[DecideOption | str] | None,
+    ) -> dict[str, Decision]:
+        """Decide flags for a user: ``keys``, or every flag of the datafile for ``None``."""
+        self._intake.require_started("decide")
+        choices = self.options.read(options) if options else self.options.defaults
+        flags = self._config.flags_by_key
+        wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
+        profile = None
+        if choices.use_profiles and self._profiles.service is not None:
+            profile = await self._profiles.load(user.user_id)
+        decisions: dict[str, Decision] = {}
+        impressions: list[bytes] = []
+        for key in wanted:
+            flag = flags.get(key) if isinstance(key, str) else None
+            if flag is None:
+                decisions[key] = Decision(None, False, _NO_VARIABLES, None, key, user)
+                continue
+            result = self._decide_for(user, flag, profile, choices, impressions)
+            if result.enabled or not choices.enabled_only:
+                decisions[key] = result
+        if impressions:
+            await self._intake.put_impressions(impressions)
+        if profile is not None and profile.changed:
+            await self._profiles.save(profile)
+        return decisions
+
+    def _decide_for(
+        self,
+        user: UserContext,
+        flag: FeatureFlag,
+        profile: UserProfile | None,
+        choices: Choices,
+        impressions: list[bytes],
+    ) -> Decision:
+        """Decide a flag for a user; the impressions it calls for go on ``impressions``."""
+        user_input = UserInput(user.user_id, user._attributes, user._segments)
+        decision = self.engine.decide_flag(
+            flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
+        )
+        enabled = decision.enabled
+        variation = decision.variation
+        dispatched = False
+        if choices.send_impressions:
+            rule_type = decision.rule_type
+            side = decision.holdout
+            if side is not None and rule_type is not _HOLDOUT:
+                impressions.append(self._impression(user, flag.key, side, side.enabled))
+                dispatched = True
+            if (
+                rule_type is _FEATURE_TEST
+                or rule_type is _HOLDOUT
+                or self._config.send_flag_decisions
+            ):
+                impressions.append(self._impression(user, flag.key, decision, enabled))
+                dispatched = True
+        variables: Mapping[str, Any] = _NO_VARIABLES
+        if flag.variables and choices.with_variables:
+            variables = MappingProxyType(self.engine.all_variables(flag, variation))
+        result = Decision(
+            variation.key if variation is not None else None,
+            enabled,
+            variables,
+            decision.rule_key,
+            flag.key,
+            user,
+            decision.reasons if choices.with_reasons else (),
+        )
+        if self._notifications.has_listeners(_DECISION):
+            self._notify(
+                "flag",
+                user.user_id,
+                user._attributes,
+                {
+                    "flag_key": flag.key,
+                    "enabled": enabled,
+                    "variables": dict(variables),
+                    "variation_key": result.variation_key,
+                    "rule_key": result.rule_key,
+                    "reasons": list(result.reasons),
+                    "decision_event_dispatched": dispatched,
+                    "experiment_id": decision.experiment.id if decision.experiment else None,
+                    "variation_id": variation.id if variation else None,
+                },
+            )
+        return result
+
+    # -- the calls of Optimizely's earlier API ----------------------------------------
+
+    async def activate(
+        self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
+    ) -> str | None:
+        """``Client.activate``: decide an experiment, and send its impression."""
+        self._intake.require_started("activate")
+        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        if experiment is None:
+            return None
+        profiles = self._profiles
+        profile = await profiles.load(user_id) if profiles.service is not None else None
+        decision = self.engine.activate(
+            experiment, UserInput(user_id, attributes or {}), profile, include_reasons=False
+        )
+        if profile is not None:
+            await profiles.save(profile)
+        self._notify_variation(experiment, user_id, attributes, decision)
+        if decision.variation is None:
+            logger.info('Not activating user "%s".', user_id)
+            return None
+        factory = self._intake.factory
+        data = factory.impression(
+            user_id,
+            factory.attributes_json(attributes),
+            "",
+            experiment,
+            decision.variation,
+            _EXPERIMENT,
+            True,
+        )
+        await self._intake.put_impressions([data])
+        return decision.variation.key
+
+    def get_variation(
+        self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
+    ) -> str | None:
+        """``Client.get_variation``: decide an experiment; send nothing."""
+        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        if experiment is None:
+            return None
+        profile = self._profiles.load_nowait(user_id)
+        decision = self.engine.get_variation(
+            experiment, UserInput(user_id, attributes or {}), profile, include_reasons=False
+        )
+        self._profiles.save_nowait(profile)
+        self._notify_variation(experiment, user_id, attributes, decision)
+        return decision.variation_key
+
+    async def is_feature_enabled(
+        self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
+    ) -> bool:
+        """``Client.is_feature_enabled``: decide a flag; send its impression if it calls for one."""
+        self._intake.require_started("is_feature_enabled")
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return False
+        profiles = self._profiles
+        profile = await profiles.load(user_id) if profiles.service is not None else None
+        decision = self._decide_flag(flag, user_id, attributes, profile)
+        if profile is not None:
+            await profiles.save(profile)
+        source = decision.rule_type
+        variation = decision.variation
+        # Optimizely's SDK asks here for a featureEnabled that is true itself, not just
+        # truthy (a holdout's variation excepted); datafiles hold booleans anyway.
+        enabled = variation is not None and (
+            variation.feature_enabled if source is _HOLDOUT else variation.feature_enabled_is_true
+        )
+        # Its rule for an impression: an experiment rule that decided, or (with
+        # sendFlagDecisions) a rollout rule or nothing; never a holdout.
+        if ((source is _ROLLOUT or variation is None) and self._config.send_flag_decisions) or (
+            source is _FEATURE_TEST and variation and decision.experiment
+        ):
+            factory = self._intake.factory
+            data = factory.impression(
+                user_id,
+                factory.attributes_json(attributes),
+                flag.key,
+                decision.experiment,
+                variation,
+                source or _ROLLOUT,
+                enabled,
+            )
+            await self._intake.put_impressions([data])
+        if self._notifications.has_listeners(_DECISION):
+            source_info = {}
+            if source is _FEATURE_TEST and decision.experiment is not None:
+                source_info = {
+                    "experiment_key": decision.rule_key,
+                    "variation_key": decision.variation_key,
+                }
+            self._notify(
+                "feature",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": enabled,
+                    "source": str(source),
+                    "source_info": source_info,
+                },
+            )
+        return enabled
+
+    def variable(
+        self,
+        feature_key: Any,
+        variable_key: Any,
+        user_id: Any,
+        attributes: Mapping[str, Any] | None,
+        expected: str | None,
+    ) -> Any:
+        """A flag variable's typed value for a user (``expected``: the getter's type)."""
+        if not isinstance(variable_key, str) or not variable_key:
+            return self._invalid('Provided "variable_key" is in an invalid format.')
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return None
+        kind = self.engine.variable_type(flag, variable_key)
+        if kind is None:
+            logger.error('Variable with key "%s" not found in the datafile.', variable_key)
+            return None
+        if expected is not None and kind != expected:
+            logger.warning(
+                'Requested variable type "%s", but variable is of type "%s". '
+                "Use correct API to retrieve value. Returning None.",
+                expected,
+                kind,
+            )
+            return None
+        decision = self._decide_flag_nowait(flag, user_id, attributes)
+        value = self.engine.variable_value(flag, variable_key, decision.variation)
+        if self._notifications.has_listeners(_DECISION):
+            self._notify(
+                "feature-variable",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": decision.enabled,
+                    "source": str(decision.rule_type),
+                    "variable_key": variable_key,
+                    "variable_value": value,
+                    "variable_type": kind,
+                    "source_info": _source_info(decision),
+                },
+            )
+        return value
+
+    def all_variables(
+        self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Every variable of a flag for a user, typed; ``None`` for invalid input."""
+        flag = self._flag_input(feature_key, user_id, attributes)
+        if flag is None:
+            return None
+        decision = self._decide_flag_nowait(flag, user_id, attributes)
+        values = self.engine.all_variables(flag, decision.variation)
+        if self._notifications.has_listeners(_DECISION):
+            self._notify(
+                "all-feature-variables",
+                user_id,
+                attributes,
+                {
+                    "feature_key": feature_key,
+                    "feature_enabled": decision.enabled,
+                    "variable_values": values,
+                    "source": str(decision.rule_type),
+                    "source_info": _source_info(decision),
+                },
+            )
+        return values
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _decide_flag(
+        self,
+        flag: FeatureFlag,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        profile: UserProfile | None,
+    ) -> VariationDecision:
+        """A flag's decision for the calls that take a user id (no forced decisions)."""
+        user = UserInput(user_id, attributes or {})
+        return self.engine.decide_flag(flag, user, {}, profile, include_reasons=False)
+
+    def _decide_flag_nowait(
+        self, flag: FeatureFlag, user_id: str, attributes: Mapping[str, Any] | None
+    ) -> VariationDecision:
+        """:meth:`_decide_flag` for the sync calls, with the sync profile service."""
+        profile = self._profiles.load_nowait(user_id)
+        decision = self._decide_flag(flag, user_id, attributes, profile)
+        self._profiles.save_nowait(profile)
+        return decision
+
+    def _impression(
+        self, user: UserContext, flag_key: str, decision: VariationDecision, enabled: bool
+    ) -> bytes:
+        """A flag decision's impression. Without a rule (a flag-level forced decision, or
+        nothing decided), the campaign, experiment and rule are empty, as Optimizely's SDK
+        sends them."""
+        factory = self._intake.factory
+        return factory.impression(
+            user.user_id,
+            user.wire_attributes(factory),
+            flag_key,
+            decision.experiment,
+            decision.variation,
+            decision.rule_type or _ROLLOUT,
+            enabled,
+        )
+
+    def _invalid(self, message: str) -> None:
+        logger.error("%s", message)
+        if self._strict:
+            raise DecisionError(message)
+
+    def _user_input_ok(self, user_id: Any, attributes: Any) -> bool:
+        if not isinstance(user_id, str):
+            self._invalid('Provided "user_id" is in an invalid format.')
+            return False
+        if attributes is not None and not isinstance(attributes, Mapping):
+            self._invalid("Provided attributes are in an invalid format.")
+            return False
+        return True
+
+    def _experiment_input(
+        self, experiment_key: Any, user_id: Any, attributes: Any
+    ) -> Experiment | None:
+        if not isinstance(experiment_key, str) or not experiment_key:
+            self._invalid('Provided "experiment_key" is in an invalid format.')
+            return None
+        if not isinstance(user_id, str):
+            self._invalid('Provided "user_id" is in an invalid format.')
+            return None
+        experiment = self._config.experiments_by_key.get(experiment_key)
+        if experiment is None:
+            logger.info(
+                'Experiment key "%s" is invalid. Not activating user "%s".', experiment_key, user_id
+            )
+            if self._strict:
+                raise DecisionError(f'Experiment key "{experiment_key}" is not in the datafile.')
+            return None
+        if not self._user_input_ok(user_id, attributes):
+            return None
+        return experiment
+
+    def _flag_input(self, feature_key: Any, user_id: Any, attributes: Any) -> FeatureFlag | None:
+        if not isinstance(feature_key, str) or not feature_key:
+            self._invalid('Provided "feature_key" is in an invalid format.')
+            return None
+        if not self._user_input_ok(user_id, attributes):
+            return None
+        flag = self._config.flags_by_key.get(feature_key)
+        if flag is None:
+            self._invalid(f'Feature "{feature_key}" is not in datafile.')
+        return flag
+
+    def _notify_variation(
+        self,
+        experiment: Experiment,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        decision: VariationDecision,
+    ) -> None:
+        if self._notifications.has_listeners(_DECISION):
+            kind = (
+                "feature-test"
+                if experiment.id in self._config.flags_by_experiment_id
+                else "ab-test"
+            )
+            self._notify(
+                kind,
+                user_id,
+                attributes,
+                {"experiment_key": experiment.key, "variation_key": decision.variation_key},
+            )
+
+    def _notify(
+        self,
+        kind: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        info: Mapping[str, Any],
+    ) -> None:
+        self._notifications.send(
+            _DECISION,
+            DecisionNotification(kind, user_id, MappingProxyType(dict(attributes or {})), info),
+        )
+
+
+def _source_info(decision: VariationDecision) -> dict[str, Any]:
+    if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT):
+        return {"experiment_key": decision.rule_key, "variation_key": decision.variation_key}
+    return {}

@@ -1,0 +1,266 @@
+"""The batch processor: the worker that wires the queue to the sender, and its lifecycle.
+
+Owns the worker loop (the pump: wait for a due batch, take it, start its delivery), the
+in-flight limit (``max_in_flight``, one while the circuit breaker is open), the close
+deadline and the drain, the shielded drain after a cancellation from outside (parts cut
+off are set aside and resent first, same body and key), abandoning everything in a forked
+child, and the :class:`~optitrack._results.Statistics` snapshot. It must not decide when
+a batch is due or how it is sent (the queue and the sender do), and it counts nothing
+about refusals (the caller passes its counts to :meth:`BatchProcessor.statistics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+import anyio
+import anyio.abc
+import httpx
+
+from .._notifications import NotificationCenter
+from .._results import FlushResult, Reason, Statistics
+from .batch import Part
+from .options import BatchOptions
+from .queue import BatchQueue
+from .sender import Sender
+
+__all__ = ["BatchProcessor"]
+
+logger = logging.getLogger("optitrack")
+
+_NOTHING_REFUSED: Mapping[str, int] = MappingProxyType({})
+
+_live_processors: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_live_processors):
+        processor._abandon_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class BatchProcessor:
+    """Queues serialized items and delivers them in batches, in the background.
+
+    Run :meth:`run` in a task group (the client does); enqueue through :attr:`queue`
+    (``await queue.put(ctx, data)``, or ``queue.put_nowait`` from sync code); stop with
+    :meth:`close`.
+
+    Args:
+        options: Queue, batch and delivery settings.
+        notifications: Where LOG_EVENT notifications go.
+
+    Attributes:
+        queue: The queue to put items in.
+    """
+
+    def __init__(self, options: BatchOptions, notifications: NotificationCenter) -> None:
+        self.options = options
+        self.queue = BatchQueue(options)
+        self._limiter = anyio.CapacityLimiter(options.max_in_flight)
+        self._sender = Sender(
+            options.retry, notifications, gzip=options.gzip, on_breaker=self._on_breaker
+        )
+        self._set_aside: deque[Part] = deque()  # interrupted by cancellation; resent first
+        self._now: Callable[[], float] = anyio.current_time
+        self._forked = False
+        self._deadline: float | None = None
+        self._stopped = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        _live_processors.add(self)
+
+    # -- the worker ------------------------------------------------------------------
+
+    async def run(
+        self,
+        http_client: httpx.AsyncClient,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Deliver until closed, then drain within the close deadline.
+
+        Args:
+            http_client: What to send with (the processor does not close it).
+            task_status: Set once the worker is ready.
+
+        A cancellation from outside (the task owning the client was cancelled) also
+        drains, shielded, within ``close_timeout``: then what is left is counted as
+        dropped (``shutdown``), never silently lost.
+        """
+        self._now = self.queue.clock = _loop_clock()
+        self._sender.attach(http_client, self._now)
+        try:
+            # close() sets this scope's deadline: everything, the drain included, ends by it.
+            with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    task_status.started()
+                    await self._pump()
+                    await self.queue.wait_idle(self._remaining())
+                    task_group.cancel_scope.cancel()
+        finally:
+            self.queue.close()
+            try:
+                if not self._forked and (self.queue.queued or self.queue.in_flight):
+                    # Cancelled from outside (the task owning the client was): drain
+                    # anyway, shielded, within the deadline.
+                    remaining = self._remaining()
+                    if remaining > 0:
+                        with anyio.move_on_after(remaining, shield=True):
+                            async with anyio.create_task_group() as task_group:
+                                self._task_group = task_group
+                                await self._pump()
+                                await self.queue.wait_idle(self._remaining())
+                                task_group.cancel_scope.cancel()
+            finally:
+                self._give_up(Reason.SHUTDOWN)
+                self._task_group = None
+                self._stopped.set()
+
+    def _remaining(self) -> float:
+        if self._deadline is None:
+            self._deadline = self._now() + self.options.close_timeout
+        return max(self._deadline - self._now(), 0.0)
+
+    async def _pump(self) -> None:
+        """Take due batches and start their delivery; return once closed and all is out."""
+        limiter = self._limiter
+        queue = self.queue
+        while True:
+            if self._set_aside:
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                if not self._set_aside:
+                    limiter.release_on_behalf_of(token)
+                    continue
+                self._start(self._set_aside.popleft(), token)
+                continue
+            if not await queue.ready():
+                return
+            token = object()
+            await limiter.acquire_on_behalf_of(token)
+            part = queue.take()
+            if part is None:
+                limiter.release_on_behalf_of(token)
+                continue
+            self._start(part, token)
+
+    def _start(self, part: Part, token: object) -> None:
+        assert self._task_group is not None
+        self._task_group.start_soon(self._deliver, part, token)
+
+    async def _deliver(self, part: Part, token: object) -> None:
+        pieces = [part]
+        try:
+            while pieces:
+                outcome = await self._sender.send(pieces[-1])
+                piece = pieces.pop()
+                if isinstance(outcome, tuple):
+                    self.queue.split(piece, outcome)
+                    pieces.extend(reversed(outcome))
+                else:
+                    self.queue.finish(piece, outcome)
+        except anyio.get_cancelled_exc_class():
+            if not self._forked:
+                # Set aside for the drain: same body, same idempotency key.
+                self._set_aside.extend(p for p in pieces if not p.done)
+            raise
+        finally:
+            self._limiter.release_on_behalf_of(token)
+
+    def _on_breaker(self, is_open: bool) -> None:
+        self._limiter.total_tokens = 1 if is_open else self.options.max_in_flight
+
+    def _give_up(self, reason: Reason) -> None:
+        """Count everything queued or in flight as dropped."""
+        lost = self.queue.give_up(reason)
+        self._set_aside.clear()
+        if lost and reason is Reason.SHUTDOWN:
+            logger.error(
+                "Shutdown deadline passed: %d event(s) still queued or in flight were dropped.",
+                lost,
+            )
+
+    def _abandon_after_fork(self) -> None:
+        # In a forked child: the parent owns these items and sends them itself.
+        self._forked = True
+        self._give_up(Reason.FORKED)
+        if self._task_group is not None:
+            try:
+                self._task_group.cancel_scope.cancel()
+            except Exception:  # the child may have no running loop at all
+                logger.debug("Could not cancel the worker after fork.", exc_info=True)
+
+    # -- control ---------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Send everything accepted so far now, and wait until it is accounted for.
+
+        Args:
+            timeout: The longest wait in seconds; ``None`` waits as long as it takes (the
+                retry policy bounds that).
+
+        Returns:
+            The outcome for the items accepted before the call.
+        """
+        return await self.queue.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop intake and start the drain; it ends within ``timeout`` seconds.
+
+        Args:
+            timeout: The drain's deadline from now; defaults to ``close_timeout``.
+        """
+        deadline = self._now() + (self.options.close_timeout if timeout is None else timeout)
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        if self._scope is not None:
+            self._scope.deadline = self._deadline
+        self._sender.nudge()
+        self.queue.close()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has returned."""
+        await self._stopped.wait()
+
+    def statistics(self, refused: Mapping[str, int] = _NOTHING_REFUSED) -> Statistics:
+        """A snapshot of the ledger (see :class:`~optitrack.Statistics`).
+
+        Args:
+            refused: The caller's count of refused calls, by reason, reported as is.
+        """
+        queue = self.queue
+        sender = self._sender
+        return Statistics(
+            accepted=queue.accepted,
+            delivered=queue.delivered,
+            dropped=MappingProxyType(dict(queue.dropped)),
+            refused=refused,
+            pending=queue.queued + queue.in_flight,
+            queued=queue.queued,
+            queued_bytes=queue.queued_bytes,
+            in_flight=queue.in_flight,
+            batches=queue.batches,
+            requests=sender.requests,
+            retries=sender.retries,
+            bytes_sent=sender.bytes_sent,
+        )
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock, callable from any code on the loop's thread."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio: the other backend anyio runs on is Trio
+        import trio
+
+        return trio.current_time

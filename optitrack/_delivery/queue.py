@@ -1,0 +1,441 @@
+"""The bounded queue, the ledger, and when a batch is due.
+
+Items arrive serialized (opaque ``bytes``) with their :class:`~.batch.BatchContext`. The
+queue is a FIFO of *segments*, runs of items that share a context, so that a batch never
+mixes contexts and the queue keeps its order. A batch is due when the head holds
+``batch_size`` items, when the next item would pass ``max_batch_bytes``, when
+``flush_interval`` has passed since the batch began to form, at once on flush and close,
+and while the queue is short of room.
+
+Bookkeeping is by sequence number: the n-th accepted item has ``seq == n - 1``, the queue
+holds ``seq`` in ``[removed, accepted)``, and every batch holds a contiguous run. So
+``flush()`` waits for a watermark, not for per-item records. At every moment
+``accepted == delivered + sum(dropped) + queued + in_flight``.
+
+Owns: the segments, the bounds and the overflow policies (``drop_newest``,
+``drop_oldest``, ``block``), the yield policy of :meth:`BatchQueue.put`, the ledger of
+accepted, delivered, dropped and pending items (the parts in flight included), the
+flush waiters, and taking a batch. It must not touch HTTP, retries, the in-flight limit
+or tasks (the processor runs the worker, the sender sends), and it counts nothing about
+refusals: it returns a :class:`~optitrack._results.Reason`, the caller counts and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from .._logging import Throttled
+from .._results import FlushResult, Reason
+from .batch import BatchContext, Part
+from .options import BatchOptions, Overflow
+
+__all__ = ["BatchQueue"]
+
+# A module global is cheaper to read than an enum's class attribute: put is a hot path.
+_QUEUE_FULL = Reason.QUEUE_FULL
+
+
+class _Segment:
+    """A run of queued items that share one batch context."""
+
+    __slots__ = ("ctx", "items", "nbytes")
+
+    def __init__(self, ctx: BatchContext) -> None:
+        self.ctx = ctx
+        self.items: deque[bytes] = deque()
+        self.nbytes = 0
+
+
+class _FlushWaiter:
+    __slots__ = ("delivered", "dropped", "event", "target")
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.event = anyio.Event()
+        self.delivered = 0
+        self.dropped = 0
+
+
+class BatchQueue:
+    """A bounded FIFO of serialized items, taken in batches, with the ledger.
+
+    The caller enqueues with :meth:`put` (or :meth:`put_nowait` from sync code); the
+    worker waits with :meth:`ready`, takes with :meth:`take`, and reports each part's
+    outcome with :meth:`finish` or :meth:`split`.
+
+    Args:
+        options: The bounds, the overflow policy and the batch settings.
+
+    Attributes:
+        accepted: Items accepted so far (read only, as are the others).
+        delivered: Accepted items the endpoint acknowledged.
+        dropped: Accepted items given up on, by reason.
+        queued: Items in the queue now.
+        queued_bytes: Serialized bytes in the queue now.
+        in_flight: Items in parts taken and not yet accounted for.
+        batches: Batches taken (a split batch counts once).
+        clock: The clock of the running loop; the processor sets it when it starts.
+    """
+
+    def __init__(self, options: BatchOptions) -> None:
+        self._batch_size = options.batch_size
+        self._max_batch_bytes = options.max_batch_bytes
+        self._max_queue_size = options.max_queue_size
+        self._max_queue_bytes = options.max_queue_bytes
+        self._max_event_bytes = options.max_event_bytes
+        self._flush_interval = options.flush_interval
+        self._drop_oldest = options.overflow is Overflow.DROP_OLDEST
+        self._block = options.overflow is Overflow.BLOCK
+        self._overflow_timeout = options.overflow_timeout
+
+        self._segments: deque[_Segment] = deque()
+        self.queued = 0
+        self.queued_bytes = 0
+        self._removed = 0  # items that left the queue: seq of the queue's head
+        self._oldest_at = 0.0  # when the batch at the head began to form
+        self.in_flight = 0
+        self._parts: set[Part] = set()  # taken and not accounted for
+
+        self.accepted = 0
+        self.delivered = 0
+        self.dropped: dict[str, int] = {}
+        self.batches = 0
+
+        self._wakeup: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._waiters: list[_FlushWaiter] = []
+        self._flush_through = -1  # a batch is due for every item with seq <= this
+        # Taken by the processor from the running loop, so that intake works from any
+        # code on the loop's thread (a callback too), where sniffio cannot tell.
+        self.clock: Callable[[], float] = anyio.current_time
+        self._offers = 0  # puts since the last one that let the worker have a turn
+        self._pressure = False  # the queue refused an item for want of room
+        self._closed = False  # intake stopped; every batch is due at once
+        self._throttled = Throttled()
+
+    # -- intake ----------------------------------------------------------------------
+
+    def put_nowait(self, ctx: BatchContext, data: bytes) -> Reason | None:
+        """Enqueue a serialized item without waiting.
+
+        Args:
+            ctx: The item's batch context.
+            data: The serialized item.
+
+        Returns:
+            ``None`` when accepted, else why it was refused (the queue counts nothing
+            about refusals).
+        """
+        if self._closed:
+            return Reason.CLOSED
+        size = len(data)
+        overhead = ctx.overhead
+        if size > self._max_event_bytes or size + overhead > self._max_batch_bytes:
+            return Reason.EVENT_TOO_LARGE
+        if self.queued >= self._max_queue_size or (
+            self.queued_bytes + size > self._max_queue_bytes
+        ):
+            if not self._drop_oldest:
+                if not self._pressure:
+                    self._pressure = True  # send now: waiting for the interval wastes room
+                    self._wake()
+                return Reason.QUEUE_FULL
+            self._evict_for(size)
+        segments = self._segments
+        if segments and (segments[-1].ctx is ctx or segments[-1].ctx == ctx):
+            segment = segments[-1]
+        else:
+            if segments and not segments[-1].items:
+                segments.pop()  # the empty one kept for reuse: never leave it at the head
+            segment = _Segment(ctx)
+            segments.append(segment)
+        items = segment.items
+        items.append(data)
+        segment.nbytes += size
+        self.accepted += 1
+        self.queued += 1
+        self.queued_bytes += size
+        wakeup = self._wakeup
+        if wakeup is not None:
+            if self.queued == 1:
+                self._oldest_at = self.clock()
+                self._wakeup = None
+                wakeup.set()
+            elif len(items) >= self._batch_size or (
+                segment.nbytes + len(items) - 1 + overhead >= self._max_batch_bytes
+            ):
+                self._wakeup = None
+                wakeup.set()
+        elif self.queued == 1:
+            self._oldest_at = self.clock()
+        return None
+
+    async def put(self, ctx: BatchContext, data: bytes) -> Reason | None:
+        """Enqueue a serialized item; with the BLOCK policy, wait for room.
+
+        With BLOCK, a full queue is waited on for up to ``overflow_timeout``. Whatever
+        the policy, the call lets the worker run once per ``batch_size`` calls and at
+        every call while the queue is short of room, so that a tight loop of calls that
+        awaits nothing else still lets delivery run.
+
+        Args:
+            ctx: The item's batch context.
+            data: The serialized item.
+
+        Returns:
+            ``None`` when accepted, else why it was refused (the queue counts nothing
+            about refusals).
+        """
+        reason = self.put_nowait(ctx, data)
+        if reason is not None and reason is _QUEUE_FULL and self._block:
+            reason = await self._wait_for_room(ctx, data)
+        self._offers += 1
+        if self._offers >= self._batch_size or self._pressure:
+            self._offers = 0
+            await checkpoint()
+        return reason
+
+    async def _wait_for_room(self, ctx: BatchContext, data: bytes) -> Reason | None:
+        reason: Reason | None = Reason.QUEUE_FULL
+        with anyio.move_on_after(self._overflow_timeout):
+            while reason is Reason.QUEUE_FULL:
+                if self._room is None:
+                    self._room = anyio.Event()
+                await self._room.wait()
+                reason = self.put_nowait(ctx, data)
+        return reason
+
+    def _evict_for(self, size: int) -> None:
+        evicted = 0
+        first = self._removed
+        while self.queued and (
+            self.queued >= self._max_queue_size or self.queued_bytes + size > self._max_queue_bytes
+        ):
+            segment = self._segments[0]
+            data = segment.items.popleft()
+            segment.nbytes -= len(data)
+            self.queued -= 1
+            self.queued_bytes -= len(data)
+            self._removed += 1
+            evicted += 1
+            if not segment.items:
+                self._segments.popleft()
+        self._account(first, evicted, Reason.QUEUE_FULL)
+        self._throttled.warning(
+            "evicted", "Queue full: dropped the %d oldest event(s) (drop_oldest).", evicted
+        )
+
+    def close(self) -> None:
+        """Stop intake (later puts are refused, ``closed``); every batch is due at once."""
+        self._closed = True
+        self._wake()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether intake has stopped."""
+        return self._closed
+
+    # -- taking batches --------------------------------------------------------------
+
+    async def ready(self) -> bool:
+        """Wait until a batch is due.
+
+        Returns:
+            True when one is; False once the queue is closed and empty.
+        """
+        while True:
+            if not self.queued:
+                if self._closed:
+                    return False
+                await self._sleep_until(None)
+                continue
+            if self._head_ready():
+                return True
+            due = self._oldest_at + self._flush_interval
+            if self.clock() >= due:
+                return True
+            await self._sleep_until(due)
+
+    def _head_ready(self) -> bool:
+        if (
+            self._closed
+            or self._pressure
+            or self._flush_through >= self._removed
+            or len(self._segments) > 1
+        ):
+            return True
+        segment = self._segments[0]
+        count = len(segment.items)
+        return count >= self._batch_size or (
+            segment.ctx.body_size(segment.nbytes, count) >= self._max_batch_bytes
+        )
+
+    async def _sleep_until(self, deadline: float | None) -> None:
+        wakeup = self._wakeup = anyio.Event()
+        delay = math.inf if deadline is None else deadline - self.clock()
+        with anyio.move_on_after(delay):
+            await wakeup.wait()
+        self._wakeup = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    def take(self) -> Part | None:
+        """Take the batch at the head (``None`` when the queue is empty).
+
+        The batch holds at most ``batch_size`` items of one context, in a body of at
+        most ``max_batch_bytes``. It is in flight until :meth:`finish` or :meth:`split`.
+        """
+        if not self.queued:
+            return None
+        segment = self._segments[0]
+        items = segment.items
+        ctx = segment.ctx
+        # The items of a body are joined by commas: count one per item, and one more
+        # in the budget for the last item, which has none.
+        budget = self._max_batch_bytes - ctx.overhead + 1
+        pop = items.popleft
+        taken = [pop() for _ in range(min(len(items), self._batch_size))]
+        nbytes = sum(map(len, taken)) + len(taken)
+        if nbytes > budget:  # rare: the byte cap binds before batch_size
+            keep, nbytes = 1, len(taken[0]) + 1
+            while nbytes + len(taken[keep]) + 1 <= budget:
+                nbytes += len(taken[keep]) + 1
+                keep += 1
+            items.extendleft(reversed(taken[keep:]))
+            del taken[keep:]
+        count = len(taken)
+        segment.nbytes -= nbytes - count
+        if not items and len(self._segments) > 1:
+            self._segments.popleft()
+        part = Part(ctx, taken, self._removed)
+        self._removed += count
+        self.queued -= count
+        self.queued_bytes -= nbytes - count
+        self.in_flight += count
+        self._parts.add(part)
+        self.batches += 1
+        if self.queued:
+            self._oldest_at = self.clock()
+        self._pressure = False
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        return part
+
+    # -- the ledger ------------------------------------------------------------------
+
+    def finish(self, part: Part, dropped: str | None) -> None:
+        """Account for a part: delivered (``dropped`` is ``None``) or dropped, and why.
+
+        A part already accounted for is left alone.
+        """
+        if part.done:
+            return
+        part.done = True
+        self._parts.discard(part)
+        self.in_flight -= len(part.items)
+        self._account(part.first_seq, len(part.items), dropped)
+        part.body = None
+
+    def split(self, part: Part, halves: tuple[Part, Part]) -> None:
+        """Put the halves of a part in flight instead of the part."""
+        part.done = True
+        self._parts.discard(part)
+        self._parts.update(halves)
+
+    def _account(self, first_seq: int, count: int, dropped: str | None) -> None:
+        if not count:
+            return
+        if dropped is None:
+            self.delivered += count
+        else:
+            self.dropped[dropped] = self.dropped.get(dropped, 0) + count
+        for waiter in self._waiters:
+            mine = min(max(waiter.target - first_seq + 1, 0), count)
+            if mine:
+                if dropped is None:
+                    waiter.delivered += mine
+                else:
+                    waiter.dropped += mine
+            if not waiter.event.is_set() and self._done_through(waiter.target):
+                waiter.event.set()
+
+    def _done_through(self, target: int) -> bool:
+        if self.queued and self._removed <= target:
+            return False
+        return all(part.first_seq > target for part in self._parts if not part.done)
+
+    def _pending_through(self, target: int) -> int:
+        queued = min(max(target - self._removed + 1, 0), self.queued)
+        in_flight = sum(
+            min(max(target - p.first_seq + 1, 0), len(p.items)) for p in self._parts if not p.done
+        )
+        return queued + in_flight
+
+    def give_up(self, reason: Reason) -> int:
+        """Stop intake, and count everything queued or in flight as dropped for ``reason``.
+
+        Wakes nobody: it also runs in a forked child, where the loop is not ours.
+
+        Returns:
+            How many items that was.
+        """
+        self._closed = True
+        lost = self.queued + self.in_flight
+        for part in list(self._parts):
+            self.finish(part, reason)
+        first = self._removed
+        count = self.queued
+        self._removed += count
+        self.queued = self.queued_bytes = 0
+        self._segments.clear()
+        self._account(first, count, reason)
+        return lost
+
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Make every item accepted so far due now, and wait until it is accounted for.
+
+        Args:
+            timeout: The longest wait in seconds; ``None`` waits as long as it takes.
+
+        Returns:
+            The outcome for the items accepted before the call.
+        """
+        target = self.accepted - 1
+        waiter = _FlushWaiter(target)
+        if not self._done_through(target):
+            self._flush_through = max(self._flush_through, target)
+            self._wake()
+            await self._wait(waiter, math.inf if timeout is None else timeout)
+        pending = self._pending_through(target)
+        return FlushResult(
+            complete=pending == 0,
+            delivered=waiter.delivered,
+            dropped=waiter.dropped,
+            pending=pending,
+        )
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until every item accepted so far is accounted for."""
+        waiter = _FlushWaiter(self.accepted - 1)
+        if not self._done_through(waiter.target):
+            await self._wait(waiter, timeout)
+
+    async def _wait(self, waiter: _FlushWaiter, timeout: float) -> None:
+        self._waiters.append(waiter)
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            self._waiters.remove(waiter)

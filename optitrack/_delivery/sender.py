@@ -1,0 +1,282 @@
+"""Sending one part until it is delivered, given up on, or must be split.
+
+Owns everything between a part and the transport: the body (gzipped off the event loop
+when large), the headers (``Idempotency-Key``, the attempt count), the attempts and the
+backoff between them, ``Retry-After`` pauses by endpoint, the circuit breaker, the 400 and
+413 bisection, reading the answer, and the LOG_EVENT notifications. It must not touch the
+queue or the ledger: :meth:`Sender.send` returns an outcome, and the processor accounts
+for it. It starts no task and knows nothing of what an item holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import TypeAlias
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from .._logging import Throttled
+from .._notifications import LogEventNotification, NotificationCenter, NotificationType
+from .._results import Reason
+from .._version import __version__
+from .batch import Part
+from .retry import RetryPolicy, is_retryable_status, parse_retry_after
+
+__all__ = ["GZIP_IN_THREAD_BYTES", "Outcome", "Sender"]
+
+logger = logging.getLogger("optitrack")
+
+#: Bodies at least this large are compressed in a worker thread, off the event loop.
+GZIP_IN_THREAD_BYTES = 64 * 1024
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+ATTEMPT_HEADER = "X-Optitrack-Attempt"
+
+#: What became of a part: ``None``, delivered; a reason (``http_<status>`` too), dropped;
+#: two halves, to send instead of it.
+Outcome: TypeAlias = tuple[Part, Part] | str | None
+
+
+class Sender:
+    """Sends parts over an HTTP client, with retries, a circuit breaker and bisection.
+
+    Args:
+        retry: When to retry, how long to wait, when to give up.
+        notifications: Where LOG_EVENT notifications go.
+        gzip: Whether bodies are sent gzipped (``Content-Encoding: gzip``).
+        on_breaker: Called with ``True`` when the circuit breaker opens (send one part at
+            a time) and ``False`` when it closes.
+
+    Attributes:
+        requests: HTTP requests made, retries included (read only, as are the others).
+        retries: Requests that were retries of an earlier failed attempt.
+        bytes_sent: Request body bytes sent, after compression.
+    """
+
+    def __init__(
+        self,
+        retry: RetryPolicy,
+        notifications: NotificationCenter,
+        *,
+        gzip: bool = False,
+        on_breaker: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._retry = retry
+        self._notifications = notifications
+        self._gzip = gzip
+        self._on_breaker = on_breaker
+        self._http: httpx.AsyncClient | None = None
+        self._now: Callable[[], float] = anyio.current_time
+        self.requests = 0
+        self.retries = 0
+        self.bytes_sent = 0
+        self._failures = 0
+        self._breaker_open = False
+        # Set (then replaced) to end every backoff early: the endpoint answers again, or
+        # the client is closing and each batch gets one last attempt.
+        self._nudge = anyio.Event()
+        # Retry-After pauses, by endpoint, on the loop's clock.
+        self._resume_at: dict[str, float] = {}
+        self._throttled = Throttled()
+
+    def attach(self, http_client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
+        """Send with ``http_client`` (never closed here), and time with ``clock``."""
+        self._http = http_client
+        self._now = clock
+
+    def nudge(self) -> None:
+        """End every backoff now: each waiting part makes its next attempt at once."""
+        self._nudge.set()
+        self._nudge = anyio.Event()
+
+    async def send(self, part: Part) -> Outcome:
+        """Send one part until it is delivered or given up on, or must be split.
+
+        Args:
+            part: The part; its body, key and attempt count persist across calls.
+
+        Returns:
+            ``None`` when delivered; the reason it was dropped; or, after a 400 or 413
+            on more than one item, the two halves to send instead.
+        """
+        retry = self._retry
+        body = await self._body(part)
+        while True:
+            if part.started is None:
+                part.started = self._now()
+            pause = self._resume_at.get(part.ctx.endpoint, -math.inf) - self._now()
+            if pause > 0:
+                await anyio.sleep(pause)
+            part.attempts += 1
+            headers = self._headers(part)
+            outage = self._breaker_open  # known down: a failure says nothing of this batch
+            status, error, retry_after = await self._attempt(part, body, headers)
+            count = len(part.items)
+
+            if status is not None and 200 <= status < 300:
+                self._on_success()
+                self._log_event(part, headers, body, "delivered", status)
+                return None
+            if status in (400, 413) and count > 1 and part.splits[0] > 0:
+                self._log_event(part, headers, body, "split", status)
+                return part.split()
+            if status is not None and not is_retryable_status(status):
+                self._log_event(part, headers, body, "dropped", status)
+                self._throttled.warning(
+                    f"http_{status}",
+                    "Events API answered %d: dropped %d event(s). Response: %r",
+                    status,
+                    count,
+                    error,
+                )
+                return f"http_{status}"
+
+            self._on_failure()
+            if not outage:
+                part.charged += 1
+            elapsed = self._now() - part.started
+            wait = retry.backoff(part.attempts)
+            if self._breaker_open:
+                wait = min(wait, retry.probe_interval)
+            if retry_after is not None:
+                wait = max(wait, min(retry_after, retry.retry_after_max))
+                endpoint = part.ctx.endpoint
+                resume = self._resume_at.get(endpoint, -math.inf)
+                self._resume_at[endpoint] = max(resume, self._now() + wait)
+            if part.charged >= retry.attempts or elapsed + wait >= retry.timeout:
+                self._log_event(part, headers, body, "dropped", status, error)
+                logger.error(
+                    "Gave up on %d event(s) after %d attempt(s) over %.1f s (last: %s).",
+                    count,
+                    part.attempts,
+                    elapsed,
+                    status if status is not None else error,
+                )
+                return Reason.RETRIES_EXHAUSTED
+            self._log_event(part, headers, body, "retry", status, error)
+            self._throttled.warning(
+                "retry",
+                "Events API attempt failed (%s); retrying %d event(s) in %.2f s.",
+                status if status is not None else error,
+                count,
+                wait,
+            )
+            # Back off, but go at once when the endpoint answers again or at close.
+            with anyio.move_on_after(wait):
+                await self._nudge.wait()
+
+    async def _body(self, part: Part) -> bytes:
+        if part.body is None:
+            body = part.ctx.body(part.items)
+            if self._gzip:
+                if len(body) >= GZIP_IN_THREAD_BYTES:
+                    body = await anyio.to_thread.run_sync(_gzip, body)
+                else:
+                    body = _gzip(body)
+            part.body = body
+        return part.body
+
+    def _headers(self, part: Part) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"optitrack/{__version__}",
+            IDEMPOTENCY_HEADER: part.key,
+            ATTEMPT_HEADER: str(part.attempts),
+        }
+        if self._gzip:
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    async def _attempt(
+        self, part: Part, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, str | None, float | None]:
+        """One request. Returns (status, error or response excerpt, Retry-After)."""
+        self.requests += 1
+        if part.attempts > 1:
+            self.retries += 1
+        self.bytes_sent += len(body)
+        timeout = self._retry.attempt_timeout
+        assert self._http is not None
+        response = None
+        with anyio.move_on_after(timeout):
+            try:
+                response = await self._http.post(
+                    part.ctx.endpoint, content=body, headers=headers, timeout=timeout
+                )
+            except httpx.TimeoutException:
+                return None, "timeout", None
+            except httpx.HTTPError as exc:
+                return None, type(exc).__name__, None
+            except Exception as exc:
+                # Not a network failure (a closed or misconfigured http_client, a bug
+                # below us): a failed attempt all the same, and never the worker's end.
+                self._throttled.log(
+                    logging.ERROR,
+                    "unexpected",
+                    "Sending to the Events API raised %r; counted as a failed attempt.",
+                    exc,
+                )
+                return None, type(exc).__name__, None
+        if response is None:
+            return None, "timeout", None
+        status = response.status_code
+        excerpt = response.content[:200].decode("utf-8", "replace") if status >= 300 else None
+        retry_after = None
+        if is_retryable_status(status):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return status, excerpt, retry_after
+
+    def _on_success(self) -> None:
+        self._failures = 0
+        if self._breaker_open:
+            self._breaker_open = False
+            if self._on_breaker is not None:
+                self._on_breaker(False)
+            self.nudge()
+            logger.warning("Events API answers again: resuming at full speed.")
+
+    def _on_failure(self) -> None:
+        self._failures += 1
+        if not self._breaker_open and self._failures >= self._retry.breaker_threshold:
+            self._breaker_open = True
+            if self._on_breaker is not None:
+                self._on_breaker(True)
+            logger.warning(
+                "Events API failed %d times in a row: probing with one request at a time.",
+                self._failures,
+            )
+
+    def _log_event(
+        self,
+        part: Part,
+        headers: dict[str, str],
+        body: bytes,
+        outcome: str,
+        status: int | None,
+        error: str | None = None,
+    ) -> None:
+        if self._notifications.has_listeners(NotificationType.LOG_EVENT):
+            self._notifications.send(
+                NotificationType.LOG_EVENT,
+                LogEventNotification(
+                    url=part.ctx.endpoint,
+                    headers=MappingProxyType(headers),
+                    body=body,
+                    event_count=len(part.items),
+                    attempt=part.attempts,
+                    outcome=outcome,
+                    status=status,
+                    error=error if status is None else None,
+                ),
+            )
+
+
+def _gzip(body: bytes) -> bytes:
+    # mtime=0: the same body always compresses to the same bytes.
+    return gzip.compress(body, compresslevel=6, mtime=0)

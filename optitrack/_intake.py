@@ -1,0 +1,171 @@
+"""The intake: where a call's events are checked, serialized and handed to the queue.
+
+``track`` and every decision call that sends an impression go through here: the
+client's state (new, running, closed), the event format of the datafile in use
+(:class:`~optitrack._events.EventFactory` and its batch context), the refusal policy
+(counted and logged once, raised when the client is strict) and TRACK notifications.
+
+Owns: turning a call into queued bytes or a refusal. Must not touch: deciding, or what
+the queue does with the bytes (``_delivery``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from ._decisions import Experiment, Holdout, ProjectConfig, Variation
+from ._delivery import BatchQueue
+from ._events import EventFactory, InvalidTagsError
+from ._exceptions import ClientStateError, TrackError
+from ._notifications import NotificationCenter, NotificationType, TrackNotification
+from ._refusals import Refusals
+from ._results import ACCEPTED, Reason, TrackResult
+
+__all__ = ["CLOSED", "NEW", "RUNNING", "Intake"]
+
+NEW: Final = "new"
+RUNNING: Final = "running"
+CLOSED: Final = "closed"
+_TRACK = NotificationType.TRACK
+
+#: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names.
+ImpressionVariation = Callable[
+    [str, Experiment | Holdout | None, Variation | None, str], Variation | None
+]
+
+
+class Intake:
+    """Checks, serializes and queues a client's events; counts what it refuses.
+
+    Args:
+        config: The project config events are made for.
+        endpoint: Where they go.
+        queue: The delivery queue.
+        notifications: The client's notification center.
+        strict: Raise :class:`TrackError` instead of returning a refusal.
+        impression_variation: The variation an impression names for a decision.
+
+    Attributes:
+        state: ``"new"``, ``"running"`` or ``"closed"`` (the client sets it).
+        factory: The event format of the datafile in use.
+        context: Its batch context.
+        refusals: Refused calls, by reason.
+    """
+
+    def __init__(
+        self,
+        config: ProjectConfig,
+        endpoint: str,
+        queue: BatchQueue,
+        notifications: NotificationCenter,
+        *,
+        strict: bool,
+        impression_variation: ImpressionVariation,
+    ) -> None:
+        self.state: str = NEW
+        self.queue = queue
+        self.refusals = Refusals()
+        self._notifications = notifications
+        self._strict = strict
+        self._impression_variation = impression_variation
+        self.use(config, endpoint)
+
+    def use(self, config: ProjectConfig, endpoint: str) -> None:
+        """Make events for another datafile (or endpoint) from now on."""
+        self.factory = EventFactory(config, endpoint, self._impression_variation)
+        self.context = self.factory.context
+
+    def require_started(self, method: str) -> None:
+        """Raise :class:`ClientStateError` when the client was never entered."""
+        if self.state == NEW:
+            raise ClientStateError(f"{method}() needs a running client: use `async with client:`")
+
+    def conversion(
+        self,
+        event_key: Any,
+        user_id: Any,
+        attributes: Any,
+        event_tags: Any,
+        attributes_json: str | None = None,
+    ) -> bytes | TrackResult:
+        """A conversion serialized, or the refusal of a call that cannot be tracked.
+
+        Raises:
+            TrackError: The call is refused and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        if self.state != RUNNING:
+            if self.state == NEW:
+                raise ClientStateError("track() needs a running client: use `async with client:`")
+            return self.refused(Reason.CLOSED, "the client is closed")
+        if not isinstance(event_key, str) or not event_key:
+            return self._invalid("event_key", f"must be a non-empty str, not {event_key!r:.60}")
+        if not isinstance(user_id, str):
+            return self._invalid("user_id", f"must be a str, not {type(user_id).__name__}")
+        if not (attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)):
+            return self._invalid(
+                "attributes", f"must be a mapping, not {type(attributes).__name__}"
+            )
+        if not (event_tags is None or type(event_tags) is dict or isinstance(event_tags, Mapping)):
+            return self._invalid(
+                "event_tags", f"must be a mapping, not {type(event_tags).__name__}"
+            )
+        try:
+            data = self.factory.conversion(
+                event_key, user_id, attributes, event_tags, attributes_json
+            )
+        except InvalidTagsError as exc:
+            return self.refused(
+                Reason.INVALID_TAGS, f"event {event_key!r} not tracked: {exc}", key=event_key
+            )
+        if data is None:
+            return self.refused(
+                Reason.UNKNOWN_EVENT, f'Event "{event_key}" is not in datafile.', key=event_key
+            )
+        return data
+
+    def submitted(
+        self,
+        reason: Reason | None,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+    ) -> TrackResult:
+        """The result of a conversion the queue took (``None``) or refused (``reason``)."""
+        if reason is not None:
+            self.refusals.refuse_event(reason)
+            message = f"event {event_key!r} refused: {reason.value}"
+            if self._strict:
+                raise TrackError(reason, message)
+            return TrackResult(accepted=False, reason=reason, message=message)
+        if self._notifications.has_listeners(_TRACK):
+            self._notifications.send(
+                _TRACK, TrackNotification(event_key, user_id, attributes, event_tags)
+            )
+        return ACCEPTED
+
+    def refused(self, reason: Reason, message: str, *, key: str = "") -> TrackResult:
+        """Count and log a refused call; raise when strict, else return the refusal."""
+        self.refusals.refuse(reason, message, key)
+        if self._strict:
+            raise TrackError(reason, message)
+        return TrackResult(accepted=False, reason=reason, message=message)
+
+    def _invalid(self, argument: str, problem: str) -> TrackResult:
+        return self.refused(
+            Reason.INVALID_INPUT, f"track() refused: {argument} {problem}", key=argument
+        )
+
+    async def put_impressions(self, impressions: list[bytes]) -> None:
+        """Queue impressions (refusals are counted and logged, never raised)."""
+        if self.state != RUNNING:
+            for _ in impressions:
+                self.refusals.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")
+            return
+        queue, context = self.queue, self.context
+        for data in impressions:
+            reason = await queue.put(context, data)
+            if reason is not None:
+                self.refusals.refuse_event(reason)

@@ -591,7 +591,7 @@ async def test_every_call_matches_optimizely_sdk_on_random_datafiles(seed: int) 
     """activate, is_feature_enabled, decide and get_enabled_features on generated
     datafiles (groups, holdouts, repeated keys and ids...): the same answers and the same
     impressions as optimizely-sdk, in the same order."""
-    from tests.test_decisions import _random_case
+    from tests.decisions._random_datafiles import _random_case
 
     datafile, users, _, _ = _random_case(seed)
     reference, recorder = _forwarding_reference(datafile)

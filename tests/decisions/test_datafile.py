@@ -23,30 +23,6 @@ def test_loads_from_text_bytes_mapping_and_path(datafile: dict[str, Any], tmp_pa
         assert config.events_by_key["purchase"].id == "30101"
 
 
-def test_indexes_are_read_only(datafile: dict[str, Any]) -> None:
-    config = load_datafile(datafile)
-    with pytest.raises(TypeError):
-        config.events_by_key["x"] = config.events_by_key["purchase"]  # type: ignore[index]
-
-
-@pytest.mark.parametrize(
-    ("region", "endpoint"),
-    [
-        ("EU", "https://eu.logx.optimizely.com/v1/events"),
-        ("eu", "https://eu.logx.optimizely.com/v1/events"),
-        ("US", "https://logx.optimizely.com/v1/events"),
-        ("mars", "https://logx.optimizely.com/v1/events"),
-        (None, "https://logx.optimizely.com/v1/events"),
-    ],
-)
-def test_region_picks_the_endpoint(
-    datafile: dict[str, Any], region: str | None, endpoint: str
-) -> None:
-    if region is not None:
-        datafile["region"] = region
-    assert load_datafile(datafile).default_event_endpoint == endpoint
-
-
 def _problems(datafile: Any) -> list[str]:
     with pytest.raises(DatafileError) as caught:
         load_datafile(datafile)
@@ -137,13 +113,6 @@ def test_supported_versions(datafile: dict[str, Any], version: str) -> None:
 def test_version_must_be_a_string(datafile: dict[str, Any]) -> None:
     datafile["version"] = 4
     assert _problems(datafile)[0].startswith("version: must be one of")
-
-
-def test_attribute_entity_ids(datafile: dict[str, Any]) -> None:
-    config = load_datafile(datafile)
-    assert config.attribute_entity_id("plan") == "10401"
-    assert config.attribute_entity_id("$opt_user_agent") == "$opt_user_agent"
-    assert config.attribute_entity_id("unknown") is None
 
 
 def test_client_accepts_a_loaded_config(datafile: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from optimizely.logger import NoOpLogger
 import optitrack
 from optitrack import load_datafile
 
-from .test_decisions import _random_case
+from ._random_datafiles import _random_case
 
 
 def _id(variation: Any) -> str:
@@ -104,3 +104,34 @@ def test_what_the_config_names_is_what_get_variation_decides_with(
         assert client.get_variation(shadow["key"], f"user-{user}") == shadow["variations"][0]["key"]
     reference = _reference_config(datafile)
     assert reference.experiment_key_map[shadow["key"]].id == "49999"
+
+
+def test_indexes_are_read_only(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    with pytest.raises(TypeError):
+        config.events_by_key["x"] = config.events_by_key["purchase"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint"),
+    [
+        ("EU", "https://eu.logx.optimizely.com/v1/events"),
+        ("eu", "https://eu.logx.optimizely.com/v1/events"),
+        ("US", "https://logx.optimizely.com/v1/events"),
+        ("mars", "https://logx.optimizely.com/v1/events"),
+        (None, "https://logx.optimizely.com/v1/events"),
+    ],
+)
+def test_region_picks_the_endpoint(
+    datafile: dict[str, Any], region: str | None, endpoint: str
+) -> None:
+    if region is not None:
+        datafile["region"] = region
+    assert load_datafile(datafile).default_event_endpoint == endpoint
+
+
+def test_attribute_entity_ids(datafile: dict[str, Any]) -> None:
+    config = load_datafile(datafile)
+    assert config.attribute_entity_id("plan") == "10401"
+    assert config.attribute_entity_id("$opt_user_agent") == "$opt_user_agent"
+    assert config.attribute_entity_id("unknown") is None

@@ -1,4 +1,8 @@
-"""The ``optitrack`` command: ``demo`` and ``collector``."""
+"""The ``optitrack`` command: ``demo`` and ``collector``.
+
+Owns: the command line. Must not touch: the library's internals (it uses the public API
+and ``optitrack.testing``).
+"""
 
 from __future__ import annotations
 

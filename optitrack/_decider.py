@@ -28,6 +28,7 @@ from ._decisions import (
 )
 from ._events import EventFactory
 from ._exceptions import DecisionError
+from ._inputs import Inputs
 from ._logging import logger
 from ._notifications import DecisionNotification, NotificationCenter, NotificationType
 from ._options import Choices, DecideOptions
@@ -89,7 +90,8 @@ class Decider:
         self._notifications = notifications
         self._profiles = profiles
         self._strict = strict
-        self.options = DecideOptions(default_options, self._invalid)
+        self._inputs = Inputs(engine.config, strict)
+        self.options = DecideOptions(default_options, self._inputs.invalid)
 
     @property
     def config(self) -> ProjectConfig:
@@ -99,7 +101,7 @@ class Decider:
     def update(self, config: ProjectConfig) -> None:
         """Decide with a new datafile from now on (forced variations are kept)."""
         self.engine.update_config(config)
-        self._config = config
+        self._config = self._inputs.config = config
 
     # -- decide ----------------------------------------------------------------------
 
@@ -108,7 +110,7 @@ class Decider:
     ) -> Decision:
         """Decide one flag for a user (:meth:`UserContext.decide`)."""
         if not isinstance(key, str):
-            self._invalid(f"Flag key must be a str, not {key!r:.60}.")
+            self._inputs.invalid(f"Flag key must be a str, not {key!r:.60}.")
             reason = f'No flag was found for key "{key}".'
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
         self._intake.require_started("decide")
@@ -228,7 +230,7 @@ class Decider:
     ) -> str | None:
         """``Client.activate``: decide an experiment, and send its impression."""
         self._intake.require_started("activate")
-        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        experiment = self._inputs.experiment(experiment_key, user_id, attributes)
         if experiment is None:
             return None
         profiles = self._profiles
@@ -259,7 +261,7 @@ class Decider:
         self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
     ) -> str | None:
         """``Client.get_variation``: decide an experiment; send nothing."""
-        experiment = self._experiment_input(experiment_key, user_id, attributes)
+        experiment = self._inputs.experiment(experiment_key, user_id, attributes)
         if experiment is None:
             return None
         profile = self._profiles.load_nowait(user_id)
@@ -275,7 +277,7 @@ class Decider:
     ) -> bool:
         """``Client.is_feature_enabled``: decide a flag; send its impression if it calls for one."""
         self._intake.require_started("is_feature_enabled")
-        flag = self._flag_input(feature_key, user_id, attributes)
+        flag = self._inputs.flag(feature_key, user_id, attributes)
         if flag is None:
             return False
         profiles = self._profiles
@@ -336,8 +338,8 @@ class Decider:
     ) -> Any:
         """A flag variable's typed value for a user (``expected``: the getter's type)."""
         if not isinstance(variable_key, str) or not variable_key:
-            return self._invalid('Provided "variable_key" is in an invalid format.')
-        flag = self._flag_input(feature_key, user_id, attributes)
+            return self._inputs.invalid('Provided "variable_key" is in an invalid format.')
+        flag = self._inputs.flag(feature_key, user_id, attributes)
         if flag is None:
             return None
         kind = self.engine.variable_type(flag, variable_key)
@@ -375,7 +377,7 @@ class Decider:
         self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
     ) -> dict[str, Any] | None:
         """Every variable of a flag for a user, typed; ``None`` for invalid input."""
-        flag = self._flag_input(feature_key, user_id, attributes)
+        flag = self._inputs.flag(feature_key, user_id, attributes)
         if flag is None:
             return None
         decision = self._decide_flag_nowait(flag, user_id, attributes)
@@ -433,52 +435,6 @@ class Decider:
             decision.rule_type or _ROLLOUT,
             enabled,
         )
-
-    def _invalid(self, message: str) -> None:
-        logger.error("%s", message)
-        if self._strict:
-            raise DecisionError(message)
-
-    def _user_input_ok(self, user_id: Any, attributes: Any) -> bool:
-        if not isinstance(user_id, str):
-            self._invalid('Provided "user_id" is in an invalid format.')
-            return False
-        if attributes is not None and not isinstance(attributes, Mapping):
-            self._invalid("Provided attributes are in an invalid format.")
-            return False
-        return True
-
-    def _experiment_input(
-        self, experiment_key: Any, user_id: Any, attributes: Any
-    ) -> Experiment | None:
-        if not isinstance(experiment_key, str) or not experiment_key:
-            self._invalid('Provided "experiment_key" is in an invalid format.')
-            return None
-        if not isinstance(user_id, str):
-            self._invalid('Provided "user_id" is in an invalid format.')
-            return None
-        experiment = self._config.experiments_by_key.get(experiment_key)
-        if experiment is None:
-            logger.info(
-                'Experiment key "%s" is invalid. Not activating user "%s".', experiment_key, user_id
-            )
-            if self._strict:
-                raise DecisionError(f'Experiment key "{experiment_key}" is not in the datafile.')
-            return None
-        if not self._user_input_ok(user_id, attributes):
-            return None
-        return experiment
-
-    def _flag_input(self, feature_key: Any, user_id: Any, attributes: Any) -> FeatureFlag | None:
-        if not isinstance(feature_key, str) or not feature_key:
-            self._invalid('Provided "feature_key" is in an invalid format.')
-            return None
-        if not self._user_input_ok(user_id, attributes):
-            return None
-        flag = self._config.flags_by_key.get(feature_key)
-        if flag is None:
-            self._invalid(f'Feature "{feature_key}" is not in datafile.')
-        return flag
 
     def _notify_variation(
         self,

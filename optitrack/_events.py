@@ -1,13 +1,17 @@
 """Building user events as compact JSON bytes, once, at the call.
 
-Each conversion or impression becomes one ``visitors[]`` entry of the Events API
-(02-events-api.md), serialized to compact ASCII JSON the moment it is tracked. Serializing
-at the call rejects bad values there (never NaN or a ``datetime`` in a batch), gives exact
-byte accounting for the queue, and lets the sender join bytes instead of re-encoding.
+Each conversion or impression becomes one ``visitors[]`` entry of the Events API (the
+shape ``_wire.py`` models), serialized to compact ASCII JSON the moment it is tracked.
+Serializing at the call rejects bad values there (never NaN or a ``datetime`` in a
+batch), gives exact byte accounting for the queue, and lets the sender join bytes instead
+of re-encoding.
 
 This is the hot path of ``track``: plain Python, JSON fragments cached per event and
 attribute key, no pydantic. The wire models in ``_wire.py`` describe the same shape and
 the tests hold the two together.
+
+Owns: the Events API's format (visitors, and the batch context that frames them). Must
+not touch: deciding, queueing or sending.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ __all__ = [
     "batch_context",
 ]
 
-logger = logging.getLogger("optitrack")
 
 CLIENT_NAME = "optitrack"
 _MAX_SAFE_NUMBER = 2**53
@@ -66,7 +69,7 @@ def batch_context(
     anonymize_ip: bool,
     endpoint: str,
 ) -> BatchContext:
-    """What events must share to travel in one request (02-events-api.md).
+    """What events must share to travel in one request to the Events API.
 
     The Events API's envelope: the request body up to the opening of ``visitors``, and
     its close. Two contexts are equal when account, project, revision, ``anonymize_ip``
@@ -328,7 +331,7 @@ class EventFactory:
         return head
 
     def attributes_json(self, attributes: Mapping[str, Any] | None) -> str:
-        """The visitor's ``attributes`` array as JSON (01-track.md's filtering rules).
+        """The visitor's ``attributes`` array as JSON, filtered as Track filters them.
 
         Args:
             attributes: The user's attributes, or ``None``.
@@ -391,7 +394,7 @@ class EventFactory:
         Args:
             event_key: The event key.
             user_id: The user id (the visitor id).
-            attributes: The user's attributes, filtered as 01-track.md says.
+            attributes: The user's attributes (datafile and ``$opt_`` keys, valid values).
             tags: The event tags, or ``None``.
             attributes_json: ``attributes`` already rendered by :meth:`attributes_json`
                 (a user context keeps it), or ``None``.

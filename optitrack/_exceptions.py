@@ -11,6 +11,8 @@ raises on purpose::
 
 Errors from httpx and pydantic never escape: they are translated at the boundary where
 they happen, and chained (``raise ... from exc``).
+
+Owns: the exception tree. Must not touch: anything else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ``optitrack`` logger, and logging that does not flood."""
+"""The ``optitrack`` logger, and logging that does not flood.
+
+Owns: the one ``optitrack`` logger every module imports, and :class:`Throttled`.
+"""
 
 from __future__ import annotations
 

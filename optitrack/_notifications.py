@@ -3,13 +3,17 @@
 Listeners are plain callables, called synchronously where the thing happens (so they
 must be quick). A listener that raises is logged, with its traceback, and never stops a
 track call, a decision or delivery.
+
+Owns: the notification center and the notifications' shapes. Must not touch: what
+sends them (the intake, the decider, the sender).
 """
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from ._logging import logger
 
 __all__ = [
     "DecisionNotification",
@@ -18,8 +22,6 @@ __all__ = [
     "NotificationType",
     "TrackNotification",
 ]
-
-logger = logging.getLogger("optitrack")
 
 
 class NotificationType(StrEnum):

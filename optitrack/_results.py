@@ -1,4 +1,7 @@
-"""What optitrack reports back: track results, flush outcomes, ledger snapshots."""
+"""What optitrack reports back: track results, flush outcomes, ledger snapshots.
+
+Owns: those value types and the reasons. Must not touch: how they are counted.
+"""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -18,6 +18,9 @@ client's hot path writes JSON bytes by hand and never builds them.
 
 Optional fields (``region``, ``decisions``, ``revenue``, ``value``, ``tags``) may be absent
 or ``null``.
+
+Owns: the payload's models, for the stand-in and the tests. Must not touch: the hot path,
+which serializes by hand (``_events.py``) to the same shape.
 """
 
 from __future__ import annotations

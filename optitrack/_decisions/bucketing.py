@@ -10,6 +10,8 @@ walked in order and the first range whose ``endOfRange`` is above the bucket win
 Everything here is on the hot path of every decision, so allocations are precompiled into
 plain tuples once per datafile (:func:`compile_allocation`) and no pydantic model is
 touched per call.
+
+Owns: hashing and allocation ranges. Must not touch: audiences, the decision order.
 """
 
 from __future__ import annotations

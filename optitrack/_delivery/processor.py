@@ -12,7 +12,6 @@ about refusals (the caller passes its counts to :meth:`BatchProcessor.statistics
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import weakref
@@ -24,6 +23,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from .._logging import logger
 from .._notifications import NotificationCenter
 from .._results import FlushResult, Reason, Statistics
 from .batch import Part
@@ -33,7 +33,6 @@ from .sender import Sender
 
 __all__ = ["BatchProcessor"]
 
-logger = logging.getLogger("optitrack")
 
 _NOTHING_REFUSED: Mapping[str, int] = MappingProxyType({})
 

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from .._logging import Throttled
+from .._logging import Throttled, logger
 from .._notifications import LogEventNotification, NotificationCenter, NotificationType
 from .._results import Reason
 from .._version import __version__
@@ -30,7 +30,6 @@ from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 __all__ = ["GZIP_IN_THREAD_BYTES", "Outcome", "Sender"]
 
-logger = logging.getLogger("optitrack")
 
 #: Bodies at least this large are compressed in a worker thread, off the event loop.
 GZIP_IN_THREAD_BYTES = 64 * 1024

@@ -3,7 +3,7 @@
 Seeded generators of audience conditions, condition trees, attribute values and whole
 datafiles (``_Builder``, and ``_random_case`` with its users, profiles and forced
 variations), used by the differential tests of ``tests/decisions/`` and by
-``tests/test_decide_api.py``; and the optimizely-sdk side those tests compare with: a
+``tests/test_decider.py``; and the optimizely-sdk side those tests compare with: a
 stand-in user context for its condition evaluator, and a client that sends nothing.
 """
 

@@ -17,7 +17,7 @@ from optitrack._decisions.bucketing import (
 )
 from optitrack._decisions.datafile import TrafficAllocation
 
-# From spec/04-decisions.md (the vectors every Optimizely SDK tests).
+# The vectors every Optimizely SDK tests its bucketing with.
 SPEC_VECTORS = [
     ("ppid11886780721", 5254),
     ("ppid21886780721", 4299),

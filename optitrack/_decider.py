@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from ._decisions import (
     DecisionEngine,
@@ -26,16 +26,16 @@ from ._decisions import (
     UserProfile,
     VariationDecision,
 )
-from ._events import EventFactory
 from ._exceptions import DecisionError
 from ._inputs import Inputs
+from ._intake import NEW, Intake
 from ._logging import logger
 from ._notifications import DecisionNotification, NotificationCenter, NotificationType
 from ._options import Choices, DecideOptions
 from ._profiles import ProfileStore
 from ._user import DecideOption, Decision, UserContext
 
-__all__ = ["Decider", "Impressions"]
+__all__ = ["Decider"]
 
 _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 # Enum members as module constants: the hot paths compare them, and a module global is
@@ -43,23 +43,6 @@ _NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
 _EXPERIMENT, _FEATURE_TEST = RuleType.EXPERIMENT, RuleType.FEATURE_TEST
 _HOLDOUT, _ROLLOUT = RuleType.HOLDOUT, RuleType.ROLLOUT
 _DECISION = NotificationType.DECISION
-
-
-class Impressions(Protocol):
-    """Where the decider's impressions go: the client's intake."""
-
-    @property
-    def factory(self) -> EventFactory:
-        """The event format of the datafile in use."""
-        ...
-
-    def require_started(self, method: str) -> None:
-        """Raise ClientStateError when the client was never entered."""
-        ...
-
-    async def put_impressions(self, impressions: list[bytes]) -> None:
-        """Queue impressions (refusals are counted and logged)."""
-        ...
 
 
 class Decider:
@@ -77,7 +60,7 @@ class Decider:
     def __init__(
         self,
         engine: DecisionEngine,
-        intake: Impressions,
+        intake: Intake,
         notifications: NotificationCenter,
         profiles: ProfileStore,
         *,
@@ -113,7 +96,8 @@ class Decider:
             self._inputs.invalid(f"Flag key must be a str, not {key!r:.60}.")
             reason = f'No flag was found for key "{key}".'
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
-        self._intake.require_started("decide")
+        if self._intake.state == NEW:
+            self._intake.require_started("decide")
         choices = self.options.read(options) if options else self.options.defaults
         flag = self._config.flags_by_key.get(key)
         if flag is None:
@@ -123,7 +107,7 @@ class Decider:
                 raise DecisionError(reason)
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
         profile = None
-        if choices.use_profiles and self._profiles.service is not None:
+        if self._profiles.service is not None and choices.use_profiles:
             profile = await self._profiles.load(user.user_id)
         impressions: list[bytes] = []
         result = self._decide_for(user, flag, profile, choices, impressions)

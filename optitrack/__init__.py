@@ -14,11 +14,22 @@ from ._exceptions import (
     TrackError,
 )
 from ._notifications import (
+    ConfigUpdateNotification,
     DecisionNotification,
     LogEventNotification,
     NotificationCenter,
     NotificationType,
     TrackNotification,
+)
+from ._optimizely_config import (
+    OptimizelyAttribute,
+    OptimizelyAudience,
+    OptimizelyConfig,
+    OptimizelyEvent,
+    OptimizelyExperiment,
+    OptimizelyFeature,
+    OptimizelyVariable,
+    OptimizelyVariation,
 )
 from ._profiles import InMemoryUserProfileService, SyncUserProfileService, UserProfileService
 from ._results import FlushResult, Reason, Statistics, TrackResult
@@ -28,6 +39,7 @@ from ._version import __version__
 __all__ = [
     "Client",
     "ClientStateError",
+    "ConfigUpdateNotification",
     "DatafileError",
     "DecideOption",
     "Decision",
@@ -40,6 +52,14 @@ __all__ = [
     "LogEventNotification",
     "NotificationCenter",
     "NotificationType",
+    "OptimizelyAttribute",
+    "OptimizelyAudience",
+    "OptimizelyConfig",
+    "OptimizelyEvent",
+    "OptimizelyExperiment",
+    "OptimizelyFeature",
+    "OptimizelyVariable",
+    "OptimizelyVariation",
     "OptitrackError",
     "Overflow",
     "ProjectConfig",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._decider import Decider
+from ._optimizely_config import OptimizelyConfig, optimizely_config_of
 
 __all__ = ["ClassicCalls"]
 
@@ -274,6 +275,21 @@ class ClassicCalls:
             Variable key to value, or ``None`` for an unknown flag or invalid input.
         """
         return self._decider.all_variables(feature_key, user_id, attributes)
+
+    def get_optimizely_config(self) -> OptimizelyConfig | None:
+        """The project as Optimizely's SDKs describe it (``OptimizelyConfig``).
+
+        Equal to what optimizely-sdk 5.7.0's ``get_optimizely_config()`` returns for the
+        same datafile: revision, SDK and environment keys, attributes, audiences,
+        events, experiments and flags with their variables and rules, and the datafile
+        text. Built once per datafile.
+
+        Returns:
+            The config, or ``None`` while the client has no datafile.
+        """
+        if not self._decider.ready:
+            return None
+        return optimizely_config_of(self._decider.config)
 
     def _variable(
         self,

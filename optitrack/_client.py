@@ -9,6 +9,7 @@ processor (delivery). Must not touch: how events are serialized, decided or sent
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -19,8 +20,14 @@ import anyio
 import httpx
 
 from ._classic import ClassicCalls
+from ._datafile_manager import (
+    DEFAULT_DATAFILE_TIMEOUT,
+    DEFAULT_UPDATE_INTERVAL,
+    DatafileManager,
+    DatafileOptions,
+)
 from ._decider import Decider
-from ._decisions import DecisionEngine, ProjectConfig, load_datafile
+from ._decisions import DecisionEngine, ProjectConfig, empty_config, load_datafile
 from ._delivery import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLOSE_TIMEOUT,
@@ -37,8 +44,8 @@ from ._delivery import (
     RetryPolicy,
 )
 from ._exceptions import ClientStateError, unwrap_single_group
-from ._intake import CLOSED, NEW, RUNNING, Intake
-from ._notifications import NotificationCenter
+from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
+from ._notifications import ConfigUpdateNotification, NotificationCenter, NotificationType
 from ._profiles import ProfileStore, UserProfileService
 from ._results import FlushResult, Statistics, TrackResult
 from ._user import DecideOption, UserContext
@@ -77,8 +84,21 @@ class Client(ClassicCalls):
 
     Args:
         datafile: The project datafile: JSON text or bytes, a path (a string that is
-            not JSON names a file), a mapping, or a
-            :class:`ProjectConfig` already loaded.
+            not JSON names a file), a mapping, or a :class:`ProjectConfig` already
+            loaded. With ``sdk_key`` it is optional: the datafile used until a fetch
+            succeeds. One of the two is required.
+        sdk_key: The project environment's SDK key: the client fetches its datafile at
+            start and keeps it current (see ``docs/datafile.md``).
+        datafile_url_template: Where the datafile is fetched from, with ``{sdk_key}``;
+            defaults to Optimizely's CDN (its authenticated endpoint with
+            ``datafile_access_token``).
+        datafile_access_token: A token for an authenticated datafile, sent as
+            ``Authorization: Bearer`` (never logged).
+        update_interval: Seconds between two fetches of the datafile.
+        datafile_timeout: Seconds entering ``async with`` waits for the first datafile
+            when none was given; after it the cached one is used, if any.
+        datafile_cache: A file where every fetched datafile is kept, for a start when
+            the datafile cannot be fetched.
         event_endpoint: Where events go. Defaults to the Optimizely Events API of the
             datafile's region (EU or US).
         batch_size: Events per request at most.
@@ -109,12 +129,19 @@ class Client(ClassicCalls):
         DatafileError: The datafile is invalid (the message says what and where).
         ValueError: An option is out of range or contradicts another, or
             ``event_endpoint`` is not an http(s) URL.
+        TypeError: Neither ``datafile`` nor ``sdk_key`` was given.
     """
 
     def __init__(
         self,
-        datafile: DatafileSource,
+        datafile: DatafileSource | None = None,
         *,
+        sdk_key: str | None = None,
+        datafile_url_template: str | None = None,
+        datafile_access_token: str | None = None,
+        update_interval: float = DEFAULT_UPDATE_INTERVAL,
+        datafile_timeout: float = DEFAULT_DATAFILE_TIMEOUT,
+        datafile_cache: str | os.PathLike[str] | None = None,
         event_endpoint: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -133,7 +160,24 @@ class Client(ClassicCalls):
         user_profile_service: UserProfileService | None = None,
         default_decide_options: Iterable[DecideOption | str] = (),
     ) -> None:
-        config = _config(datafile)
+        if datafile is None and sdk_key is None:
+            raise TypeError("Client() needs a datafile, an sdk_key, or both")
+        self._manager: DatafileManager | None = None
+        if sdk_key is not None:
+            options = DatafileOptions(
+                sdk_key=sdk_key,
+                url_template=datafile_url_template,
+                access_token=datafile_access_token,
+                update_interval=update_interval,
+                timeout=datafile_timeout,
+                cache=datafile_cache,
+            )
+            self._manager = DatafileManager(options, self._use)
+        config = _config(datafile) if datafile is not None else empty_config()
+        self._ready = datafile is not None
+        self._ready_event: anyio.Event | None = None
+        if self._manager is not None and self._ready:
+            self._manager.use_revision(config.revision)
         self._options = BatchOptions(
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
@@ -164,6 +208,7 @@ class Client(ClassicCalls):
         )
         self._decider = Decider(
             engine,
+            self._ready,
             self._intake,
             self.notification_center,
             ProfileStore(user_profile_service),
@@ -202,8 +247,15 @@ class Client(ClassicCalls):
                 )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._processor.run, http)
+            self._ready_event = anyio.Event()
+            self._intake.state = RUNNING if self._ready else NO_DATAFILE
+            if self._ready:
+                self._ready_event.set()
+            if self._manager is not None:
+                await task_group.start(self._manager.run, http)
+                if not self._ready:
+                    await self._manager.wait_first(lambda: self._ready)
             self._stack = stack.pop_all()
-        self._intake.state = RUNNING
         return self
 
     async def __aexit__(
@@ -213,6 +265,8 @@ class Client(ClassicCalls):
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
+        if self._manager is not None:
+            self._manager.close()
         self._processor.close()
         self._intake.state = CLOSED
         with unwrap_single_group():
@@ -232,6 +286,8 @@ class Client(ClassicCalls):
         if intake.state == NEW:
             intake.state = CLOSED
             return
+        if self._manager is not None:
+            self._manager.close()
         self._processor.close(timeout)
         await self._processor.wait_stopped()
         intake.state = CLOSED
@@ -258,8 +314,37 @@ class Client(ClassicCalls):
 
     @property
     def config(self) -> ProjectConfig:
-        """The project config the client decides and tracks with."""
+        """The project config the client decides and tracks with.
+
+        Raises:
+            ClientStateError: The client has no datafile yet (see :attr:`is_ready`).
+        """
+        if not self._ready:
+            raise ClientStateError("the client has no datafile yet: see is_ready, wait_ready")
         return self._decider.config
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether a datafile is in use (given, fetched or cached)."""
+        return self._ready
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until a datafile is in use.
+
+        Args:
+            timeout: The longest wait in seconds; ``None`` waits as long as it takes.
+
+        Returns:
+            Whether a datafile is in use.
+
+        Raises:
+            ClientStateError: The client was never entered.
+        """
+        self._intake.require_started("wait_ready")
+        assert self._ready_event is not None
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await self._ready_event.wait()
+        return self._ready
 
     def update_datafile(self, datafile: DatafileSource) -> None:
         """Decide and track with a new datafile from now on: a new revision of the project.
@@ -278,10 +363,27 @@ class Client(ClassicCalls):
             DatafileError: The datafile is invalid; nothing changed.
         """
         config = _config(datafile)
+        if self._manager is not None:
+            self._manager.use_revision(config.revision)
+        self._use(config, "update_datafile")
+
+    def _use(self, config: ProjectConfig, source: str) -> None:
+        # A new datafile, validated: from update_datafile, a fetch or the cache.
         if self._endpoint_given is None:
             self.event_endpoint = config.default_event_endpoint
         self._decider.update(config)
         self._intake.use(config, self.event_endpoint)
+        if not self._ready:
+            self._ready = True
+            if self._intake.state == NO_DATAFILE:
+                self._intake.state = RUNNING
+            if self._ready_event is not None:
+                self._ready_event.set()
+        if self.notification_center.has_listeners(NotificationType.CONFIG_UPDATE):
+            self.notification_center.send(
+                NotificationType.CONFIG_UPDATE,
+                ConfigUpdateNotification(config.revision, config.sdk_key, source),
+            )
 
     # -- track -----------------------------------------------------------------------
 

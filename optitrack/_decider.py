@@ -28,11 +28,12 @@ from ._decisions import (
 )
 from ._exceptions import DecisionError
 from ._inputs import Inputs
-from ._intake import NEW, Intake
+from ._intake import RUNNING, Intake
 from ._logging import logger
 from ._notifications import DecisionNotification, NotificationCenter, NotificationType
 from ._options import Choices, DecideOptions
 from ._profiles import ProfileStore
+from ._results import Reason
 from ._user import DecideOption, Decision, UserContext
 
 __all__ = ["Decider"]
@@ -50,6 +51,8 @@ class Decider:
 
     Args:
         engine: The decision engine (it holds the project config).
+        ready: Whether that config is a datafile's (else every call is refused with
+            ``no_datafile`` until :meth:`update`).
         intake: Where impressions go.
         notifications: The client's notification center.
         profiles: The client's user profile service, wrapped.
@@ -60,6 +63,7 @@ class Decider:
     def __init__(
         self,
         engine: DecisionEngine,
+        ready: bool,
         intake: Intake,
         notifications: NotificationCenter,
         profiles: ProfileStore,
@@ -68,6 +72,7 @@ class Decider:
         default_options: Iterable[DecideOption | str],
     ) -> None:
         self.engine = engine
+        self.ready = ready
         self._config = engine.config
         self._intake = intake
         self._notifications = notifications
@@ -85,6 +90,7 @@ class Decider:
         """Decide with a new datafile from now on (forced variations are kept)."""
         self.engine.update_config(config)
         self._config = self._inputs.config = config
+        self.ready = True
 
     # -- decide ----------------------------------------------------------------------
 
@@ -96,8 +102,10 @@ class Decider:
             self._inputs.invalid(f"Flag key must be a str, not {key!r:.60}.")
             reason = f'No flag was found for key "{key}".'
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
-        if self._intake.state == NEW:
+        if self._intake.state != RUNNING:
             self._intake.require_started("decide")
+            if not self.ready:
+                return self._no_datafile_decision(user, key)
         choices = self.options.read(options) if options else self.options.defaults
         flag = self._config.flags_by_key.get(key)
         if flag is None:
@@ -125,6 +133,9 @@ class Decider:
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys``, or every flag of the datafile for ``None``."""
         self._intake.require_started("decide")
+        if not self.ready:
+            keys = [] if keys is None else keys
+            return {key: self._no_datafile_decision(user, key) for key in keys}
         choices = self.options.read(options) if options else self.options.defaults
         flags = self._config.flags_by_key
         wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
@@ -214,6 +225,8 @@ class Decider:
     ) -> str | None:
         """``Client.activate``: decide an experiment, and send its impression."""
         self._intake.require_started("activate")
+        if not self._usable("activate"):
+            return None
         experiment = self._inputs.experiment(experiment_key, user_id, attributes)
         if experiment is None:
             return None
@@ -245,6 +258,8 @@ class Decider:
         self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
     ) -> str | None:
         """``Client.get_variation``: decide an experiment; send nothing."""
+        if not self._usable("get_variation"):
+            return None
         experiment = self._inputs.experiment(experiment_key, user_id, attributes)
         if experiment is None:
             return None
@@ -261,6 +276,8 @@ class Decider:
     ) -> bool:
         """``Client.is_feature_enabled``: decide a flag; send its impression if it calls for one."""
         self._intake.require_started("is_feature_enabled")
+        if not self._usable("is_feature_enabled"):
+            return False
         flag = self._inputs.flag(feature_key, user_id, attributes)
         if flag is None:
             return False
@@ -321,6 +338,8 @@ class Decider:
         expected: str | None,
     ) -> Any:
         """A flag variable's typed value for a user (``expected``: the getter's type)."""
+        if not self._usable("get_feature_variable"):
+            return None
         if not isinstance(variable_key, str) or not variable_key:
             return self._inputs.invalid('Provided "variable_key" is in an invalid format.')
         flag = self._inputs.flag(feature_key, user_id, attributes)
@@ -361,6 +380,8 @@ class Decider:
         self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
     ) -> dict[str, Any] | None:
         """Every variable of a flag for a user, typed; ``None`` for invalid input."""
+        if not self._usable("get_all_feature_variables"):
+            return None
         flag = self._inputs.flag(feature_key, user_id, attributes)
         if flag is None:
             return None
@@ -382,6 +403,22 @@ class Decider:
         return values
 
     # -- pieces ----------------------------------------------------------------------
+
+    def _usable(self, method: str) -> bool:
+        """Whether there is a datafile to decide with; refuses the call when not."""
+        if self.ready:
+            return True
+        message = f"{method}() refused: no datafile yet (no_datafile)."
+        # Counted and logged as track's refusals are (a flood of calls, one line).
+        self._intake.refusals.refuse(Reason.NO_DATAFILE, message, method)
+        if self._strict:
+            raise DecisionError(message)
+        return False
+
+    def _no_datafile_decision(self, user: UserContext, key: str) -> Decision:
+        self._usable("decide")
+        reason = "No datafile yet (no_datafile): the flag cannot be decided."
+        return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
 
     def _decide_flag(
         self,

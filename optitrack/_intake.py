@@ -22,10 +22,12 @@ from ._notifications import NotificationCenter, NotificationType, TrackNotificat
 from ._refusals import Refusals
 from ._results import ACCEPTED, Reason, TrackResult
 
-__all__ = ["CLOSED", "NEW", "RUNNING", "Intake"]
+__all__ = ["CLOSED", "NEW", "NO_DATAFILE", "RUNNING", "Intake"]
 
 NEW: Final = "new"
 RUNNING: Final = "running"
+#: Running, but without a datafile yet: calls are refused with ``no_datafile``.
+NO_DATAFILE: Final = "no_datafile"
 CLOSED: Final = "closed"
 _TRACK = NotificationType.TRACK
 
@@ -47,7 +49,8 @@ class Intake:
         impression_variation: The variation an impression names for a decision.
 
     Attributes:
-        state: ``"new"``, ``"running"`` or ``"closed"`` (the client sets it).
+        state: ``"new"``, ``"running"``, ``"no_datafile"`` (running, without a datafile
+            yet) or ``"closed"`` (the client sets it).
         factory: The event format of the datafile in use.
         context: Its batch context.
         refusals: Refused calls, by reason.
@@ -98,6 +101,10 @@ class Intake:
         if self.state != RUNNING:
             if self.state == NEW:
                 raise ClientStateError("track() needs a running client: use `async with client:`")
+            if self.state == NO_DATAFILE:
+                return self.refused(
+                    Reason.NO_DATAFILE, f"event {event_key!r} not tracked: no datafile yet"
+                )
             return self.refused(Reason.CLOSED, "the client is closed")
         if not isinstance(event_key, str) or not event_key:
             return self._invalid("event_key", f"must be a non-empty str, not {event_key!r:.60}")

@@ -16,6 +16,7 @@ from typing import Any
 from ._logging import logger
 
 __all__ = [
+    "ConfigUpdateNotification",
     "DecisionNotification",
     "LogEventNotification",
     "NotificationCenter",
@@ -34,6 +35,25 @@ class NotificationType(StrEnum):
     #: A decision made by activate, get_variation, is_feature_enabled, decide...
     #: (:class:`DecisionNotification`).
     DECISION = "decision"
+    #: A new datafile is in use, fetched or given to ``update_datafile``
+    #: (:class:`ConfigUpdateNotification`).
+    CONFIG_UPDATE = "config_update"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUpdateNotification:
+    """A new datafile is in use.
+
+    Attributes:
+        revision: The datafile's revision.
+        sdk_key: The datafile's ``sdkKey`` (``None`` when it has none).
+        source: Where it came from: ``"fetch"`` (polled), ``"cache"`` (the cold-start
+            cache) or ``"update_datafile"``.
+    """
+
+    revision: str
+    sdk_key: str | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True)

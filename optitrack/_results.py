@@ -37,6 +37,8 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     #: Queued in a parent process before ``fork``: never sent by the child.
     FORKED = "forked"
+    #: The client has no datafile yet (``sdk_key`` given, nothing fetched, no cache).
+    NO_DATAFILE = "no_datafile"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from .datafile import (
     parse_datafile,
 )
 from .engine import DecisionEngine
-from .project import ProjectConfig, load_datafile
+from .project import ProjectConfig, empty_config, load_datafile
 from .records import RuleType, UserInput, UserProfile, VariationDecision
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "UserProfile",
     "Variation",
     "VariationDecision",
+    "empty_config",
     "load_datafile",
     "parse_datafile",
 ]

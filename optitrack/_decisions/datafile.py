@@ -292,31 +292,47 @@ def _describe(error: Any) -> str:
     return f"{_location(error['loc'])}: {message}"
 
 
-def _read(source: str | bytes | os.PathLike[str] | Mapping[str, Any]) -> Any:
+def _looks_like_url(text: str) -> bool:
+    return text.strip().lower().startswith(("http://", "https://"))
+
+
+def _read(source: DatafileSource) -> tuple[Any, str | None]:
+    """The parsed JSON of a datafile source, and its text (``None`` for a mapping)."""
     if isinstance(source, Mapping):
-        return source
+        return source, None
     if not isinstance(source, str | bytes | bytearray | os.PathLike):
         raise TypeError(
             f"a datafile is JSON text or bytes, a path or a mapping, not {type(source).__name__}"
         )
+    where = "(json)"
     if isinstance(source, str) and not source.lstrip().startswith(("{", "[")):
+        if _looks_like_url(source) and not Path(source).exists():
+            raise DatafileError(
+                [
+                    f"(datafile {source!r}): a URL is not a datafile; to fetch the datafile "
+                    "from Optimizely, pass sdk_key= (and datafile_url_template= for another "
+                    "server)"
+                ]
+            )
         source = Path(source)  # not JSON text: a path given as a string
     if isinstance(source, os.PathLike):
+        where = f"(file {os.fspath(source)!r})"
         try:
             source = Path(source).read_bytes()
         except OSError as exc:
-            raise DatafileError([f"(file {os.fspath(source)!r}): {exc.strerror or exc}"]) from exc
+            raise DatafileError([f"{where}: {exc.strerror or exc}"]) from exc
     try:
-        return json.loads(source)
+        text = source if isinstance(source, str) else bytes(source).decode("utf-8")
+        return json.loads(text), text
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise DatafileError([f"(json): not valid JSON: {exc}"]) from exc
+        raise DatafileError([f"{where}: not valid JSON: {exc}"]) from exc
 
 
 #: What a datafile may be given as: JSON text or bytes, a path, or parsed JSON.
 DatafileSource = str | bytes | os.PathLike[str] | Mapping[str, Any]
 
 
-def parse_datafile(source: DatafileSource) -> Datafile:
+def parse_datafile(source: DatafileSource) -> tuple[Datafile, str | None]:
     """Read and validate a datafile (without indexing it: see :func:`.load_datafile`).
 
     Args:
@@ -325,18 +341,19 @@ def parse_datafile(source: DatafileSource) -> Datafile:
             parsed JSON).
 
     Returns:
-        The validated datafile.
+        The validated datafile, and its JSON text (``None`` for a mapping).
 
     Raises:
-        DatafileError: The datafile is not JSON, misses a required key, has a value of the
-            wrong type, an unsupported ``version`` or an ``endOfRange`` out of ``0..10000``.
-            The message names every problem and where it is.
+        DatafileError: The datafile is not JSON (a file is named), misses a required key,
+            has a value of the wrong type, an unsupported ``version`` or an
+            ``endOfRange`` out of ``0..10000``; or it is a URL. The message names every
+            problem and where it is.
     """
-    raw = _read(source)
+    raw, text = _read(source)
     if not isinstance(raw, Mapping):
         raise DatafileError([f"(datafile): must be a JSON object (got {type(raw).__name__})"])
     try:
-        return Datafile.model_validate(raw)
+        return Datafile.model_validate(raw), text
     except pydantic.ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
         raise DatafileError(problems) from exc

@@ -41,7 +41,7 @@ from .datafile import (
     parse_datafile,
 )
 
-__all__ = ["ProjectConfig", "load_datafile"]
+__all__ = ["ProjectConfig", "empty_config", "load_datafile"]
 
 RESERVED_ATTRIBUTE_PREFIX: Final = "$opt_"
 US_EVENT_ENDPOINT: Final = "https://logx.optimizely.com/v1/events"
@@ -66,7 +66,16 @@ def load_datafile(source: DatafileSource) -> ProjectConfig:
             wrong type, an unsupported ``version`` or an ``endOfRange`` out of ``0..10000``.
             The message names every problem and where it is.
     """
-    return ProjectConfig(parse_datafile(source))
+    datafile, text = parse_datafile(source)
+    return ProjectConfig(datafile, text)
+
+
+def empty_config() -> ProjectConfig:
+    """A project with nothing in it: what a client holds before it has a datafile."""
+    empty: dict[str, Any] = {"version": "4", "accountId": "", "projectId": "", "revision": ""}
+    for section in ("attributes", "audiences", "events", "experiments", "groups"):
+        empty[section] = []
+    return load_datafile(empty)
 
 
 def _frozen(index: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
@@ -82,6 +91,7 @@ class ProjectConfig:
 
     Attributes:
         datafile: The validated datafile this config was built from.
+        datafile_text: Its JSON text.
         revision: The datafile's revision.
         sdk_key: The datafile's ``sdkKey``, or ``None``.
         environment_key: The datafile's ``environmentKey``, or ``None``.
@@ -111,8 +121,9 @@ class ProjectConfig:
         holdout_ids: The ids of every holdout, global or local.
     """
 
-    def __init__(self, datafile: Datafile) -> None:
+    def __init__(self, datafile: Datafile, text: str | None = None) -> None:
         self.datafile = datafile
+        self._text = text
         self.account_id = datafile.account_id
         self.project_id = datafile.project_id
         self.revision = datafile.revision
@@ -195,6 +206,14 @@ class ProjectConfig:
                     flag.key,
                     flag.rollout_id,
                 )
+
+    @property
+    def datafile_text(self) -> str:
+        """The datafile as JSON text: as it was read (rebuilt from the model when it was
+        given parsed: the keys optitrack knows, in camelCase)."""
+        if self._text is None:
+            self._text = self.datafile.model_dump_json(by_alias=True, exclude_none=True)
+        return self._text
 
     def attribute_entity_id(self, key: str) -> str | None:
         """The ``entity_id`` an attribute is sent with, or ``None`` when it is not sent.

@@ -1,4 +1,4 @@
-"""A stand-in for the Optimizely Events API, for tests and benchmarks.
+"""Stand-ins for the Optimizely Events API and datafile CDN, for tests and benchmarks.
 
 :class:`EventsAPI` is a plain ASGI 3 application that accepts ``POST /v1/events`` like the
 real endpoint, validates each body strictly against :class:`optitrack._wire.EventBatch`,
@@ -26,14 +26,28 @@ Both servers bind to loopback addresses only. :func:`serve` works on asyncio and
 Besides ``POST /v1/events``, the app answers ``GET /`` with a small HTML results page and
 ``GET /v1/stats`` with the same summary as JSON (see :meth:`EventsAPI.statistics`).
 
+:class:`DatafileAPI` stands in for the datafile CDN: it serves ``GET
+/datafiles/{sdk_key}.json`` (and ``/datafiles/auth/{sdk_key}.json``, with a bearer token)
+with ``ETag``, ``Last-Modified`` and ``304`` answers to conditional requests, takes the
+same faults, records each request as a :class:`DatafileRequest`, and runs on the same
+servers::
+
+    api = DatafileAPI({"SDK_KEY": datafile})
+    async with serve(api) as server:
+        ... get f"{server.base_url}/datafiles/SDK_KEY.json" ...
+    api.set_datafile("SDK_KEY", new_datafile)  # a new revision: a new ETag
+
 Everything public is importable from here; the modules behind it are private, one per
-concern, without import cycles (``_server`` runs any ASGI app and does not import ``_app``):
+concern, without import cycles (``_server`` runs any ASGI app and imports neither app):
 
 - ``_server``: :class:`Server`, :func:`serve`, :func:`serve_in_thread`, HTTP/1.1 on h11.
 - ``_app``: :class:`EventsAPI`, the ASGI app: routing, the request pipeline, the record.
+- ``_datafiles``: :class:`DatafileAPI`, the datafile CDN app, and :class:`DatafileRequest`.
 - ``_requests``: :class:`ReceivedRequest`; reading and decoding one request's body.
 - ``_asgi``: the ASGI types; answering and refusing.
 - ``_faults``: the faults (:class:`Respond` and the rest, :class:`When`) and arming them.
+- ``_applying``: applying a fault to a request, and the methods that arm faults, for both
+  apps.
 - ``_tallies``: what is counted from accepted batches (:class:`EventsAPIStatistics`).
 - ``_html``: the results page.
 - ``_waiting``: the machinery behind the ``wait_*`` methods, across threads.
@@ -43,6 +57,7 @@ import inspect
 
 from ._app import EventsAPI
 from ._asgi import ASGIApp, ASGIMessage, ASGIReceive, ASGISend
+from ._datafiles import DatafileAPI, DatafileRequest
 from ._faults import Delay, Fault, Hang, Reset, Respond, SimulatedReset, When
 from ._requests import MAX_BODY_SIZE, ReceivedRequest
 from ._server import Server, serve, serve_in_thread
@@ -53,6 +68,8 @@ __all__ = [
     "ASGIMessage",
     "ASGIReceive",
     "ASGISend",
+    "DatafileAPI",
+    "DatafileRequest",
     "Delay",
     "EventsAPI",
     "EventsAPIStatistics",

@@ -1,10 +1,10 @@
 """The Events API stand-in itself: :class:`EventsAPI`, an ASGI 3 app.
 
 Owns the routing, the ``POST /v1/events`` pipeline (faults, refusals, validation, the
-answer), applying a fault to a request, and the record of what arrived, under one lock. It
-owns one :class:`FaultPlan` (:mod:`._faults`), one :class:`Tallies` (:mod:`._tallies`) and
-one :class:`Waiters` (:mod:`._waiting`), and delegates arming faults, counting and waiting
-to them.
+answer) and the record of what arrived, under one lock. It owns one :class:`FaultPlan`
+(:mod:`._faults`), one :class:`Tallies` (:mod:`._tallies`) and one :class:`Waiters`
+(:mod:`._waiting`), and delegates arming faults, counting and waiting to them; applying a
+fault to a request, and the methods that arm faults, are :mod:`._applying`'s.
 
 It must not touch sockets or HTTP framing: that is :mod:`._server`, which never imports
 this module (it runs any ASGI app). Reading and decoding a body is :mod:`._requests`,
@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
-import anyio
-
 from .._wire import EventBatch, SnapshotEvent, Visitor
+from ._applying import FaultControls, apply_fault
 from ._asgi import (
     EVENTS_PATH,
     STATS_PATH,
@@ -32,7 +31,7 @@ from ._asgi import (
     refuse,
     respond,
 )
-from ._faults import Delay, Fault, FaultPlan, Hang, Reset, Respond, SimulatedReset, When
+from ._faults import Fault, FaultPlan, Respond, When
 from ._html import render_html
 from ._requests import MAX_BODY_SIZE, ReceivedRequest, Seen, decode_body, read_request
 from ._tallies import (
@@ -50,7 +49,7 @@ from ._waiting import Waiters
 __all__ = ["EventsAPI"]
 
 
-class EventsAPI:
+class EventsAPI(FaultControls):
     """The Events API stand-in: an ASGI 3 app that validates, records and misbehaves.
 
     Each ``POST /v1/events`` goes through, in order:
@@ -126,41 +125,7 @@ class EventsAPI:
                 f" events={tallies.event_count}>"
             )
 
-    # Faults -----------------------------------------------------------------------------
-
-    def inject(self, *faults: Fault) -> None:
-        """Append faults to the script: each one is used by one request, in order.
-
-        Args:
-            *faults: The faults.
-        """
-        self._faults.inject(faults)
-
-    def fail_all(self, fault: Fault) -> None:
-        """Apply a fault to every request once the script is used up, until :meth:`heal`.
-
-        Args:
-            fault: The fault, e.g. ``Respond(503)`` for an endpoint that is down.
-        """
-        self._faults.fail_all(fault)
-
-    def fail_when(self, predicate: Callable[[bytes], bool], fault: Fault) -> None:
-        """Apply a fault to every request whose body matches, until :meth:`heal`.
-
-        Args:
-            predicate: Called with the decoded body; returns whether the fault applies.
-            fault: The fault, e.g. ``Respond(400)``.
-        """
-        self._faults.fail_when(When(predicate, fault))
-
-    def heal(self) -> None:
-        """Remove every fault: the rest of the script, the persistent fault and the rules."""
-        self._faults.heal()
-
-    @property
-    def pending_faults(self) -> int:
-        """How many scripted faults are not used yet."""
-        return self._faults.pending
+    # Faults: inject, fail_all, fail_when, heal, pending_faults (FaultControls) ----------
 
     def reset(self) -> None:
         """Forget everything received: requests, counters and uuids. Faults stay."""
@@ -391,28 +356,10 @@ class EventsAPI:
         receive: ASGIReceive,
         send: ASGISend,
     ) -> tuple[bool, Respond | None]:
-        # Returns whether the fault answered (or hung up), and a 2xx Respond to answer
-        # with if the request turns out to be valid.
-        step: Fault | None = fault
-        while isinstance(step, Delay):
-            await anyio.sleep(step.seconds)
-            step = step.then
-        if step is None:
-            return False, None
-        if isinstance(step, Respond):
-            if 200 <= step.status < 300:
-                return False, step
-            self._record(seen, content, step.status, fault=fault)
-            await respond(send, step)
-            return True, None
-        if not isinstance(step, Hang | Reset):
-            raise TypeError(f"unknown fault: {step!r}")
-        self._record(seen, content, None, fault=fault)
-        if isinstance(step, Reset):
-            raise SimulatedReset
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        return True, None
+        def record(status: int | None) -> None:
+            self._record(seen, content, status, fault=fault)
+
+        return await apply_fault(fault, receive, send, record)
 
     def _record(
         self,

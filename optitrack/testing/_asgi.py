@@ -1,11 +1,11 @@
-"""The ASGI side of the Events API stand-in: the callable types, answering and refusing.
+"""The ASGI side of the stand-ins: the callable types, answering and refusing.
 
 Owns the ASGI 3 types (:data:`ASGIApp` and the rest), the stand-in's paths, and the
 stateless helpers the app answers with: a plain answer, a refusal with a JSON reason, a
 :class:`Respond` fault's answer, and the lifespan protocol.
 
-It must not touch state (no records, counters or faults armed) nor sockets: the app
-(:mod:`._app`) and the server (:mod:`._server`) both build on it. It imports only
+It must not touch state (no records, counters or faults armed) nor sockets: the apps
+(:mod:`._app`, :mod:`._datafiles`) and the server (:mod:`._server`) all build on it. It imports only
 :mod:`._faults`, for :class:`Respond`.
 """
 
@@ -106,19 +106,26 @@ async def answer(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def refuse(send: ASGISend, refusal: Refusal, allow: bytes | None = None) -> None:
+async def refuse(
+    send: ASGISend,
+    refusal: Refusal,
+    allow: bytes | None = None,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
     """Answer a refusal, with its reason as JSON.
 
     Args:
         send: The ASGI send callable.
         refusal: The refusal.
         allow: The ``Allow`` header, for a ``405``.
+        extra: More headers, e.g. ``WWW-Authenticate`` for a ``401``.
     """
     data: dict[str, Any] = {"error": refusal.code, "message": refusal.message}
     if refusal.details is not None:
         data["errors"] = refusal.details
-    extra = [(b"allow", allow)] if allow is not None else []
-    await answer(send, refusal.status, json.dumps(data).encode(), b"application/json", extra)
+    headers = [(b"allow", allow)] if allow is not None else []
+    headers.extend(extra)
+    await answer(send, refusal.status, json.dumps(data).encode(), b"application/json", headers)
 
 
 async def respond(send: ASGISend, fault: Respond) -> None:

@@ -1,11 +1,11 @@
-"""The faults the Events API stand-in can inject, and the plan that arms them.
+"""The faults the stand-ins (Events API, datafile CDN) can inject, and the plan that arms them.
 
 Owns the fault types (:class:`Fault`, :class:`Respond`, :class:`Delay`, :class:`Hang`,
 :class:`Reset`, :class:`When`), :class:`SimulatedReset`, and :class:`FaultPlan`: which
 fault the next request gets (the script, the persistent fault, the rules).
 
-It must not touch requests, responses or counters: applying a fault to a request is the
-app's job (:mod:`._app`), turning :class:`SimulatedReset` into a TCP reset the server's
+It must not touch requests, responses or counters: applying a fault to a request is
+:mod:`._applying`'s job, turning :class:`SimulatedReset` into a TCP reset the server's
 (:mod:`._server`). It imports nothing else of this package.
 """
 
@@ -117,13 +117,16 @@ class Reset(Fault):
 
 @dataclass(frozen=True)
 class When:
-    """A fault for every request whose body matches a predicate.
+    """A fault for every request that matches a predicate.
 
     Example: ``When(lambda body: b"poison" in body, Respond(400))`` rejects each batch
-    that carries the marker, to exercise the client's bisection of a poisoned batch.
+    that carries the marker, to exercise the client's bisection of a poisoned batch. For
+    :class:`DatafileAPI`, whose requests have no body, the predicate gets the path:
+    ``When(lambda path: b"/KEY.json" in path, Respond(503))``.
 
     Args:
-        predicate: Called with the request body (after ``Content-Encoding`` decoding);
+        predicate: Called with the request body (after ``Content-Encoding`` decoding) by
+            :class:`EventsAPI`, with the request path (UTF-8) by :class:`DatafileAPI`;
             returns whether the fault applies. It runs in the server's event loop.
         fault: The fault to apply.
     """
@@ -133,7 +136,7 @@ class When:
 
 
 class SimulatedReset(httpx.ReadError):
-    """Raised by :class:`EventsAPI` for a :class:`Reset` fault.
+    """Raised by :class:`EventsAPI` and :class:`DatafileAPI` for a :class:`Reset` fault.
 
     :func:`serve` turns it into a real TCP reset. Through :class:`httpx.ASGITransport` the
     client gets it as is: being an :class:`httpx.ReadError`, it is a transport error, as a

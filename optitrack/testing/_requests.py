@@ -3,7 +3,7 @@
 Owns :data:`MAX_BODY_SIZE`, :class:`ReceivedRequest` (the record), :class:`Seen` (the
 request as read, before anything is decided) and the two steps every request goes through
 before faults and validation: :func:`read_request` and :func:`decode_body` (size limit,
-``Content-Type``, gzip).
+``Content-Type``, gzip). :class:`DatafileAPI` reads its requests with the first too.
 
 It must not touch the app's state: it decides nothing about faults, counts nothing and
 keeps nothing. It imports :mod:`._asgi` and :mod:`._faults`, and the wire format.

@@ -1,7 +1,8 @@
-"""Waiting for what the Events API stand-in records, from any thread and either backend.
+"""Waiting for what the stand-ins record, from any thread and either backend.
 
-Owns :class:`Waiters`: the tasks blocked in ``EventsAPI.wait_until``, each woken in its own
-event loop (asyncio or Trio) once its predicate holds, whichever thread recorded.
+Owns :class:`Waiters`: the tasks blocked in an app's ``wait_until`` (:class:`EventsAPI`,
+:class:`DatafileAPI`), each woken in its own event loop (asyncio or Trio) once its predicate
+holds, whichever thread recorded.
 
 It must not touch what is recorded or counted: predicates read that, under the lock the
 app shares with it. It imports nothing else of this package.

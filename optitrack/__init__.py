@@ -33,6 +33,8 @@ from ._optimizely_config import (
 )
 from ._profiles import InMemoryUserProfileService, SyncUserProfileService, UserProfileService
 from ._results import FlushResult, Reason, Statistics, TrackResult
+from ._sync import SyncClient
+from ._sync_user import SyncUserContext
 from ._user import DecideOption, Decision, DecisionContext, ForcedDecision, UserContext
 from ._version import __version__
 
@@ -66,6 +68,8 @@ __all__ = [
     "Reason",
     "RetryPolicy",
     "Statistics",
+    "SyncClient",
+    "SyncUserContext",
     "SyncUserProfileService",
     "TrackError",
     "TrackNotification",

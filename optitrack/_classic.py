@@ -16,33 +16,16 @@ from typing import Any
 from ._decider import Decider
 from ._optimizely_config import OptimizelyConfig, optimizely_config_of
 
-__all__ = ["ClassicCalls"]
+__all__ = ["ClassicCalls", "SyncCalls"]
 
 
-class ClassicCalls:
-    """The calls of Optimizely's SDKs from before ``decide`` (a part of :class:`Client`)."""
+class SyncCalls:
+    """The calls of Optimizely's SDKs from before ``decide`` that never wait.
+
+    Shared by :class:`Client` and :class:`SyncClient`.
+    """
 
     _decider: Decider
-
-    async def activate(
-        self, experiment_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
-    ) -> str | None:
-        """Bucket a user into an experiment and send the impression that makes it count.
-
-        Args:
-            experiment_key: The experiment's key.
-            user_id: The user's id.
-            attributes: The user's attributes, for audiences and the impression.
-
-        Returns:
-            The variation's key, or ``None`` when the user is in no variation (not
-            running, not in the audience, not in the traffic). No impression then.
-
-        Raises:
-            DecisionError: Invalid input and the client is strict.
-            ClientStateError: The client was never entered.
-        """
-        return await self._decider.activate(experiment_key, user_id, attributes)
 
     def get_variation(
         self, experiment_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
@@ -91,46 +74,6 @@ class ClassicCalls:
             The variation's key, or ``None``.
         """
         return self._decider.engine.get_forced_variation(experiment_key, user_id)
-
-    async def is_feature_enabled(
-        self, feature_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
-    ) -> bool:
-        """Whether a flag is on for a user; sends the impression the decision calls for.
-
-        An impression is sent when an experiment rule decided; for a rollout rule, or when
-        no rule did, only when the datafile's ``sendFlagDecisions`` is true.
-
-        Args:
-            feature_key: The flag's key.
-            user_id: The user's id.
-            attributes: The user's attributes.
-
-        Returns:
-            Whether the flag is enabled for the user (``False`` on invalid input).
-
-        Raises:
-            DecisionError: Invalid input and the client is strict.
-            ClientStateError: The client was never entered.
-        """
-        return await self._decider.is_feature_enabled(feature_key, user_id, attributes)
-
-    async def get_enabled_features(
-        self, user_id: str, attributes: Mapping[str, Any] | None = None
-    ) -> list[str]:
-        """The keys of the flags enabled for a user, each decided as by is_feature_enabled.
-
-        Args:
-            user_id: The user's id.
-            attributes: The user's attributes.
-
-        Returns:
-            The enabled flags' keys, in datafile order.
-        """
-        return [
-            flag.key
-            for flag in self._decider.config.datafile.feature_flags
-            if await self.is_feature_enabled(flag.key, user_id, attributes)
-        ]
 
     def get_feature_variable(
         self,
@@ -300,3 +243,67 @@ class ClassicCalls:
         kind: str,
     ) -> Any:
         return self._decider.variable(feature_key, variable_key, user_id, attributes, kind)
+
+
+class ClassicCalls(SyncCalls):
+    """The calls of Optimizely's SDKs from before ``decide`` (a part of :class:`Client`)."""
+
+    async def activate(
+        self, experiment_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Bucket a user into an experiment and send the impression that makes it count.
+
+        Args:
+            experiment_key: The experiment's key.
+            user_id: The user's id.
+            attributes: The user's attributes, for audiences and the impression.
+
+        Returns:
+            The variation's key, or ``None`` when the user is in no variation (not
+            running, not in the audience, not in the traffic). No impression then.
+
+        Raises:
+            DecisionError: Invalid input and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        return await self._decider.activate(experiment_key, user_id, attributes)
+
+    async def is_feature_enabled(
+        self, feature_key: str, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Whether a flag is on for a user; sends the impression the decision calls for.
+
+        An impression is sent when an experiment rule decided; for a rollout rule, or when
+        no rule did, only when the datafile's ``sendFlagDecisions`` is true.
+
+        Args:
+            feature_key: The flag's key.
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            Whether the flag is enabled for the user (``False`` on invalid input).
+
+        Raises:
+            DecisionError: Invalid input and the client is strict.
+            ClientStateError: The client was never entered.
+        """
+        return await self._decider.is_feature_enabled(feature_key, user_id, attributes)
+
+    async def get_enabled_features(
+        self, user_id: str, attributes: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """The keys of the flags enabled for a user, each decided as by is_feature_enabled.
+
+        Args:
+            user_id: The user's id.
+            attributes: The user's attributes.
+
+        Returns:
+            The enabled flags' keys, in datafile order.
+        """
+        return [
+            flag.key
+            for flag in self._decider.config.datafile.feature_flags
+            if await self.is_feature_enabled(flag.key, user_id, attributes)
+        ]

@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
+from threading import get_ident
 from types import TracebackType
 from typing import Any, Self
 
@@ -45,6 +46,7 @@ from ._delivery import (
 )
 from ._exceptions import ClientStateError, unwrap_single_group
 from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
+from ._logging import log_closed, log_started
 from ._notifications import ConfigUpdateNotification, NotificationCenter, NotificationType
 from ._profiles import ProfileStore, UserProfileService
 from ._results import FlushResult, Statistics, TrackResult
@@ -248,6 +250,7 @@ class Client(ClassicCalls):
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._processor.run, http)
             self._ready_event = anyio.Event()
+            self._intake.thread = get_ident()
             self._intake.state = RUNNING if self._ready else NO_DATAFILE
             if self._ready:
                 self._ready_event.set()
@@ -256,6 +259,12 @@ class Client(ClassicCalls):
                 if not self._ready:
                     await self._manager.wait_first(lambda: self._ready)
             self._stack = stack.pop_all()
+        log_started(
+            self.event_endpoint,
+            f"sdk_key {self._manager.options.sdk_key!r}" if self._manager else "given",
+            self._decider.config.revision if self._ready else None,
+            self._options,
+        )
         return self
 
     async def __aexit__(
@@ -269,8 +278,11 @@ class Client(ClassicCalls):
             self._manager.close()
         self._processor.close()
         self._intake.state = CLOSED
-        with unwrap_single_group():
-            return await self._stack.__aexit__(exc_type, exc, tb)
+        try:
+            with unwrap_single_group():
+                return await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            log_closed(self.statistics())
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop intake, send what is queued, and wait for it, within ``timeout`` seconds.
@@ -419,6 +431,8 @@ class Client(ClassicCalls):
             ClientStateError: The client was never entered.
         """
         intake = self._intake
+        if get_ident() != intake.thread:
+            intake.wrong_thread("track")
         data = intake.conversion(event_key, user_id, attributes, event_tags)
         if type(data) is not bytes:
             return data  # type: ignore[return-value]
@@ -450,6 +464,8 @@ class Client(ClassicCalls):
             ClientStateError: The client was never entered.
         """
         intake = self._intake
+        if get_ident() != intake.thread:
+            intake.wrong_thread("track_nowait")
         data = intake.conversion(event_key, user_id, attributes, event_tags)
         if type(data) is not bytes:
             return data  # type: ignore[return-value]
@@ -461,6 +477,8 @@ class Client(ClassicCalls):
     ) -> TrackResult:
         # UserContext.track_event: track, with the attributes the context rendered once.
         intake = self._intake
+        if get_ident() != intake.thread:
+            intake.wrong_thread("track_event")
         attributes = user._attributes
         data = intake.conversion(
             event_key, user.user_id, attributes, event_tags, user.wire_attributes(intake.factory)

@@ -1,6 +1,7 @@
 """The decider: every decision call, from the caller's input to the decision and its events.
 
-One path for ``decide``, ``decide_for_keys``, ``decide_all``, ``activate``,
+One path for ``decide``, ``decide_for_keys``, ``decide_all``, and (through
+:class:`~optitrack._decider_classic.ClassicDecisions`) ``activate``,
 ``get_variation``, ``is_feature_enabled`` and the feature variables: check the input,
 read decide options, read the user profile, ask the engine, build the impressions the
 decision calls for (each call keeps Optimizely's own rule for when it sends one), queue
@@ -13,12 +14,11 @@ chosen (``_decisions``), how events are serialized (``_events``) or queued (the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
+from ._decider_classic import ClassicDecisions
 from ._decisions import (
     DecisionEngine,
-    Experiment,
     FeatureFlag,
     ProjectConfig,
     RuleType,
@@ -30,15 +30,15 @@ from ._exceptions import DecisionError
 from ._inputs import Inputs
 from ._intake import RUNNING, Intake
 from ._logging import logger
-from ._notifications import DecisionNotification, NotificationCenter, NotificationType
+from ._notifications import NotificationCenter, NotificationType
 from ._options import Choices, DecideOptions
 from ._profiles import ProfileStore
 from ._results import Reason
-from ._user import DecideOption, Decision, UserContext
+from ._user import DecideOption, Decision, UserContext, Variables
 
 __all__ = ["Decider"]
 
-_NO_VARIABLES: Mapping[str, Any] = MappingProxyType({})
+_NO_VARIABLES = Variables()
 # Enum members as module constants: the hot paths compare them, and a module global is
 # several times cheaper to read than a class attribute of an enum.
 _EXPERIMENT, _FEATURE_TEST = RuleType.EXPERIMENT, RuleType.FEATURE_TEST
@@ -46,7 +46,7 @@ _HOLDOUT, _ROLLOUT = RuleType.HOLDOUT, RuleType.ROLLOUT
 _DECISION = NotificationType.DECISION
 
 
-class Decider:
+class Decider(ClassicDecisions):
     """Makes every decision call for a client.
 
     Args:
@@ -94,10 +94,10 @@ class Decider:
 
     # -- decide ----------------------------------------------------------------------
 
-    async def decide(
+    def _prepare(
         self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
-    ) -> Decision:
-        """Decide one flag for a user (:meth:`UserContext.decide`)."""
+    ) -> tuple[FeatureFlag, Choices] | Decision:
+        """The flag and options of a ``decide``, or its answer when it cannot decide."""
         if not isinstance(key, str):
             self._inputs.invalid(f"Flag key must be a str, not {key!r:.60}.")
             reason = f'No flag was found for key "{key}".'
@@ -114,6 +114,16 @@ class Decider:
             if self._strict:
                 raise DecisionError(reason)
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
+        return flag, choices
+
+    async def decide(
+        self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
+    ) -> Decision:
+        """Decide one flag for a user (:meth:`UserContext.decide`)."""
+        prepared = self._prepare(user, key, options)
+        if type(prepared) is Decision:
+            return prepared
+        flag, choices = prepared  # type: ignore[misc]
         profile = None
         if self._profiles.service is not None and choices.use_profiles:
             profile = await self._profiles.load(user.user_id)
@@ -125,6 +135,34 @@ class Decider:
             await self._profiles.save(profile)
         return result
 
+    def decide_nowait(
+        self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
+    ) -> tuple[Decision, list[bytes]]:
+        """:meth:`decide` for sync code: the decision, and the impressions to queue.
+
+        Uses the user profile service only when it is a sync one.
+        """
+        prepared = self._prepare(user, key, options)
+        if type(prepared) is Decision:
+            return prepared, []
+        flag, choices = prepared  # type: ignore[misc]
+        profile = self._profiles.load_nowait(user.user_id) if choices.use_profiles else None
+        impressions: list[bytes] = []
+        result = self._decide_for(user, flag, profile, choices, impressions)
+        self._profiles.save_nowait(profile)
+        return result, impressions
+
+    def _prepare_many(
+        self, user: UserContext, keys: Sequence[str] | None, options: Any
+    ) -> tuple[Sequence[str], Choices] | dict[str, Decision]:
+        self._intake.require_started("decide")
+        if not self.ready:
+            keys = [] if keys is None else keys
+            return {key: self._no_datafile_decision(user, key) for key in keys}
+        choices = self.options.read(options) if options else self.options.defaults
+        wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
+        return wanted, choices
+
     async def decide_many(
         self,
         user: UserContext,
@@ -132,18 +170,48 @@ class Decider:
         options: Iterable[DecideOption | str] | None,
     ) -> dict[str, Decision]:
         """Decide flags for a user: ``keys``, or every flag of the datafile for ``None``."""
-        self._intake.require_started("decide")
-        if not self.ready:
-            keys = [] if keys is None else keys
-            return {key: self._no_datafile_decision(user, key) for key in keys}
-        choices = self.options.read(options) if options else self.options.defaults
-        flags = self._config.flags_by_key
-        wanted = [f.key for f in self._config.datafile.feature_flags] if keys is None else keys
+        prepared = self._prepare_many(user, keys, options)
+        if isinstance(prepared, dict):
+            return prepared
+        wanted, choices = prepared
         profile = None
         if choices.use_profiles and self._profiles.service is not None:
             profile = await self._profiles.load(user.user_id)
-        decisions: dict[str, Decision] = {}
         impressions: list[bytes] = []
+        decisions = self._decide_all_of(user, wanted, choices, profile, impressions)
+        if impressions:
+            await self._intake.put_impressions(impressions)
+        if profile is not None and profile.changed:
+            await self._profiles.save(profile)
+        return decisions
+
+    def decide_many_nowait(
+        self,
+        user: UserContext,
+        keys: Sequence[str] | None,
+        options: Iterable[DecideOption | str] | None,
+    ) -> tuple[dict[str, Decision], list[bytes]]:
+        """:meth:`decide_many` for sync code: the decisions, and the impressions to queue."""
+        prepared = self._prepare_many(user, keys, options)
+        if isinstance(prepared, dict):
+            return prepared, []
+        wanted, choices = prepared
+        profile = self._profiles.load_nowait(user.user_id) if choices.use_profiles else None
+        impressions: list[bytes] = []
+        decisions = self._decide_all_of(user, wanted, choices, profile, impressions)
+        self._profiles.save_nowait(profile)
+        return decisions, impressions
+
+    def _decide_all_of(
+        self,
+        user: UserContext,
+        wanted: Sequence[str],
+        choices: Choices,
+        profile: UserProfile | None,
+        impressions: list[bytes],
+    ) -> dict[str, Decision]:
+        flags = self._config.flags_by_key
+        decisions: dict[str, Decision] = {}
         for key in wanted:
             flag = flags.get(key) if isinstance(key, str) else None
             if flag is None:
@@ -152,10 +220,6 @@ class Decider:
             result = self._decide_for(user, flag, profile, choices, impressions)
             if result.enabled or not choices.enabled_only:
                 decisions[key] = result
-        if impressions:
-            await self._intake.put_impressions(impressions)
-        if profile is not None and profile.changed:
-            await self._profiles.save(profile)
         return decisions
 
     def _decide_for(
@@ -189,7 +253,7 @@ class Decider:
                 dispatched = True
         variables: Mapping[str, Any] = _NO_VARIABLES
         if flag.variables and choices.with_variables:
-            variables = MappingProxyType(self.engine.all_variables(flag, variation))
+            variables = Variables(self.engine.all_variables(flag, variation))
         result = Decision(
             variation.key if variation is not None else None,
             enabled,
@@ -218,190 +282,6 @@ class Decider:
             )
         return result
 
-    # -- the calls of Optimizely's earlier API ----------------------------------------
-
-    async def activate(
-        self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
-    ) -> str | None:
-        """``Client.activate``: decide an experiment, and send its impression."""
-        self._intake.require_started("activate")
-        if not self._usable("activate"):
-            return None
-        experiment = self._inputs.experiment(experiment_key, user_id, attributes)
-        if experiment is None:
-            return None
-        profiles = self._profiles
-        profile = await profiles.load(user_id) if profiles.service is not None else None
-        decision = self.engine.activate(
-            experiment, UserInput(user_id, attributes or {}), profile, include_reasons=False
-        )
-        if profile is not None:
-            await profiles.save(profile)
-        self._notify_variation(experiment, user_id, attributes, decision)
-        if decision.variation is None:
-            logger.info('Not activating user "%s".', user_id)
-            return None
-        factory = self._intake.factory
-        data = factory.impression(
-            user_id,
-            factory.attributes_json(attributes),
-            "",
-            experiment,
-            decision.variation,
-            _EXPERIMENT,
-            True,
-        )
-        await self._intake.put_impressions([data])
-        return decision.variation.key
-
-    def get_variation(
-        self, experiment_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
-    ) -> str | None:
-        """``Client.get_variation``: decide an experiment; send nothing."""
-        if not self._usable("get_variation"):
-            return None
-        experiment = self._inputs.experiment(experiment_key, user_id, attributes)
-        if experiment is None:
-            return None
-        profile = self._profiles.load_nowait(user_id)
-        decision = self.engine.get_variation(
-            experiment, UserInput(user_id, attributes or {}), profile, include_reasons=False
-        )
-        self._profiles.save_nowait(profile)
-        self._notify_variation(experiment, user_id, attributes, decision)
-        return decision.variation_key
-
-    async def is_feature_enabled(
-        self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
-    ) -> bool:
-        """``Client.is_feature_enabled``: decide a flag; send its impression if it calls for one."""
-        self._intake.require_started("is_feature_enabled")
-        if not self._usable("is_feature_enabled"):
-            return False
-        flag = self._inputs.flag(feature_key, user_id, attributes)
-        if flag is None:
-            return False
-        profiles = self._profiles
-        profile = await profiles.load(user_id) if profiles.service is not None else None
-        decision = self._decide_flag(flag, user_id, attributes, profile)
-        if profile is not None:
-            await profiles.save(profile)
-        source = decision.rule_type
-        variation = decision.variation
-        # Optimizely's SDK asks here for a featureEnabled that is true itself, not just
-        # truthy (a holdout's variation excepted); datafiles hold booleans anyway.
-        enabled = variation is not None and (
-            variation.feature_enabled if source is _HOLDOUT else variation.feature_enabled_is_true
-        )
-        # Its rule for an impression: an experiment rule that decided, or (with
-        # sendFlagDecisions) a rollout rule or nothing; never a holdout.
-        if ((source is _ROLLOUT or variation is None) and self._config.send_flag_decisions) or (
-            source is _FEATURE_TEST and variation and decision.experiment
-        ):
-            factory = self._intake.factory
-            data = factory.impression(
-                user_id,
-                factory.attributes_json(attributes),
-                flag.key,
-                decision.experiment,
-                variation,
-                source or _ROLLOUT,
-                enabled,
-            )
-            await self._intake.put_impressions([data])
-        if self._notifications.has_listeners(_DECISION):
-            source_info = {}
-            if source is _FEATURE_TEST and decision.experiment is not None:
-                source_info = {
-                    "experiment_key": decision.rule_key,
-                    "variation_key": decision.variation_key,
-                }
-            self._notify(
-                "feature",
-                user_id,
-                attributes,
-                {
-                    "feature_key": feature_key,
-                    "feature_enabled": enabled,
-                    "source": str(source),
-                    "source_info": source_info,
-                },
-            )
-        return enabled
-
-    def variable(
-        self,
-        feature_key: Any,
-        variable_key: Any,
-        user_id: Any,
-        attributes: Mapping[str, Any] | None,
-        expected: str | None,
-    ) -> Any:
-        """A flag variable's typed value for a user (``expected``: the getter's type)."""
-        if not self._usable("get_feature_variable"):
-            return None
-        if not isinstance(variable_key, str) or not variable_key:
-            return self._inputs.invalid('Provided "variable_key" is in an invalid format.')
-        flag = self._inputs.flag(feature_key, user_id, attributes)
-        if flag is None:
-            return None
-        kind = self.engine.variable_type(flag, variable_key)
-        if kind is None:
-            logger.error('Variable with key "%s" not found in the datafile.', variable_key)
-            return None
-        if expected is not None and kind != expected:
-            logger.warning(
-                'Requested variable type "%s", but variable is of type "%s". '
-                "Use correct API to retrieve value. Returning None.",
-                expected,
-                kind,
-            )
-            return None
-        decision = self._decide_flag_nowait(flag, user_id, attributes)
-        value = self.engine.variable_value(flag, variable_key, decision.variation)
-        if self._notifications.has_listeners(_DECISION):
-            self._notify(
-                "feature-variable",
-                user_id,
-                attributes,
-                {
-                    "feature_key": feature_key,
-                    "feature_enabled": decision.enabled,
-                    "source": str(decision.rule_type),
-                    "variable_key": variable_key,
-                    "variable_value": value,
-                    "variable_type": kind,
-                    "source_info": _source_info(decision),
-                },
-            )
-        return value
-
-    def all_variables(
-        self, feature_key: Any, user_id: Any, attributes: Mapping[str, Any] | None
-    ) -> dict[str, Any] | None:
-        """Every variable of a flag for a user, typed; ``None`` for invalid input."""
-        if not self._usable("get_all_feature_variables"):
-            return None
-        flag = self._inputs.flag(feature_key, user_id, attributes)
-        if flag is None:
-            return None
-        decision = self._decide_flag_nowait(flag, user_id, attributes)
-        values = self.engine.all_variables(flag, decision.variation)
-        if self._notifications.has_listeners(_DECISION):
-            self._notify(
-                "all-feature-variables",
-                user_id,
-                attributes,
-                {
-                    "feature_key": feature_key,
-                    "feature_enabled": decision.enabled,
-                    "variable_values": values,
-                    "source": str(decision.rule_type),
-                    "source_info": _source_info(decision),
-                },
-            )
-        return values
-
     # -- pieces ----------------------------------------------------------------------
 
     def _usable(self, method: str) -> bool:
@@ -420,26 +300,6 @@ class Decider:
         reason = "No datafile yet (no_datafile): the flag cannot be decided."
         return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
 
-    def _decide_flag(
-        self,
-        flag: FeatureFlag,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        profile: UserProfile | None,
-    ) -> VariationDecision:
-        """A flag's decision for the calls that take a user id (no forced decisions)."""
-        user = UserInput(user_id, attributes or {})
-        return self.engine.decide_flag(flag, user, {}, profile, include_reasons=False)
-
-    def _decide_flag_nowait(
-        self, flag: FeatureFlag, user_id: str, attributes: Mapping[str, Any] | None
-    ) -> VariationDecision:
-        """:meth:`_decide_flag` for the sync calls, with the sync profile service."""
-        profile = self._profiles.load_nowait(user_id)
-        decision = self._decide_flag(flag, user_id, attributes, profile)
-        self._profiles.save_nowait(profile)
-        return decision
-
     def _impression(
         self, user: UserContext, flag_key: str, decision: VariationDecision, enabled: bool
     ) -> bytes:
@@ -456,41 +316,3 @@ class Decider:
             decision.rule_type or _ROLLOUT,
             enabled,
         )
-
-    def _notify_variation(
-        self,
-        experiment: Experiment,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        decision: VariationDecision,
-    ) -> None:
-        if self._notifications.has_listeners(_DECISION):
-            kind = (
-                "feature-test"
-                if experiment.id in self._config.flags_by_experiment_id
-                else "ab-test"
-            )
-            self._notify(
-                kind,
-                user_id,
-                attributes,
-                {"experiment_key": experiment.key, "variation_key": decision.variation_key},
-            )
-
-    def _notify(
-        self,
-        kind: str,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        info: Mapping[str, Any],
-    ) -> None:
-        self._notifications.send(
-            _DECISION,
-            DecisionNotification(kind, user_id, MappingProxyType(dict(attributes or {})), info),
-        )
-
-
-def _source_info(decision: VariationDecision) -> dict[str, Any]:
-    if decision.rule_type in (RuleType.FEATURE_TEST, RuleType.HOLDOUT):
-        return {"experiment_key": decision.rule_key, "variation_key": decision.variation_key}
-    return {}

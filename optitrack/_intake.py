@@ -12,7 +12,8 @@ the queue does with the bytes (``_delivery``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from threading import get_ident
+from typing import Any, Final, NoReturn
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchQueue
@@ -67,6 +68,8 @@ class Intake:
         impression_variation: ImpressionVariation,
     ) -> None:
         self.state: str = NEW
+        #: The identity of the thread whose event loop runs the client (set on entering).
+        self.thread: int | None = None
         self.queue = queue
         self.refusals = Refusals()
         self._notifications = notifications
@@ -83,6 +86,15 @@ class Intake:
         """Raise :class:`ClientStateError` when the client was never entered."""
         if self.state == NEW:
             raise ClientStateError(f"{method}() needs a running client: use `async with client:`")
+
+    def wrong_thread(self, method: str) -> NoReturn:
+        """Raise for a call made off the client's loop thread (or before entering)."""
+        self.require_started(method)
+        raise ClientStateError(
+            f"{method}() was called from a thread other than the one whose event loop runs "
+            "this client: nothing it queued would be sent in time. From sync code or other "
+            "threads, use optitrack.SyncClient."
+        )
 
     def conversion(
         self,
@@ -167,6 +179,8 @@ class Intake:
 
     async def put_impressions(self, impressions: list[bytes]) -> None:
         """Queue impressions (refusals are counted and logged, never raised)."""
+        if get_ident() != self.thread:
+            self.wrong_thread("decide")
         if self.state != RUNNING:
             for _ in impressions:
                 self.refusals.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from typing import Any
 
-__all__ = ["Throttled", "logger"]
+__all__ = ["Throttled", "log_closed", "log_started", "logger"]
 
 logger = logging.getLogger("optitrack")
 
@@ -28,11 +30,21 @@ class Throttled:
         self._period = period
         self._max_keys = max_keys
         self._state: dict[str, tuple[float, int]] = {}
+        # The sync client's callers log from their own threads.
+        self._lock = threading.Lock()
 
     def warning(self, key: str, message: str, *args: object) -> None:
         self.log(logging.WARNING, key, message, *args)
 
     def log(self, level: int, key: str, message: str, *args: object) -> None:
+        with self._lock:
+            message, args, say = self._decide(key, message, args)
+        if say:
+            logger.log(level, message, *args)
+
+    def _decide(
+        self, key: str, message: str, args: tuple[object, ...]
+    ) -> tuple[str, tuple[object, ...], bool]:
         now = time.monotonic()
         state = self._state
         if key not in state and len(state) >= self._max_keys:
@@ -44,9 +56,43 @@ class Throttled:
         last, suppressed = state.get(key, (-math.inf, 0))
         if now - last < self._period:
             state[key] = (last, suppressed + 1)
-            return
+            return message, args, False
         state[key] = (now, 0)
         if suppressed:
             message += " (%d more like this in the last %.0f s)"
             args = (*args, suppressed, now - last)
-        logger.log(level, message, *args)
+        return message, args, True
+
+
+def log_started(endpoint: str, datafile: str, revision: str | None, options: Any) -> None:
+    """The one INFO line of a client's start: where events go and the key options.
+
+    Never a payload, a token or a user id.
+    """
+    logger.info(
+        "optitrack client started: events to %s, datafile %s (revision %s), batch_size %d, "
+        "flush_interval %g s, max_queue_size %d, overflow %s, close_timeout %g s.",
+        endpoint,
+        datafile,
+        revision or "none yet",
+        options.batch_size,
+        options.flush_interval,
+        options.max_queue_size,
+        options.overflow.value,
+        options.close_timeout,
+    )
+
+
+def log_closed(stats: Any) -> None:
+    """The one INFO line of a client's close: its ledger."""
+    logger.info(
+        "optitrack client closed: accepted %d = delivered %d + dropped %d + pending %d; "
+        "refused %d; %d request(s), %d retry(ies).",
+        stats.accepted,
+        stats.delivered,
+        stats.dropped_total,
+        stats.pending,
+        sum(stats.refused.values()),
+        stats.requests,
+        stats.retries,
+    )

@@ -9,6 +9,7 @@ decided it (bad input, an unknown event, a closed client) or the delivery queue 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -32,6 +33,7 @@ class Refusals:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._throttled = Throttled()
+        self._lock = threading.Lock()
 
     def refuse(self, reason: Reason, message: str = "", key: str = "") -> None:
         """Count a refused call, and log it without flooding.
@@ -43,7 +45,8 @@ class Refusals:
                 event key, the argument at fault): each is logged, and a repeated one
                 at most once per period, with the count of the others.
         """
-        self._counts[reason] = self._counts.get(reason, 0) + 1
+        with self._lock:  # the sync client's callers refuse from their own threads
+            self._counts[reason] = self._counts.get(reason, 0) + 1
         self._throttled.log(
             logging.WARNING if reason in _CAPACITY else logging.ERROR,
             f"{reason.value}:{key}",
@@ -57,4 +60,5 @@ class Refusals:
 
     def counts(self) -> Mapping[str, int]:
         """A snapshot of the counts, by reason."""
-        return MappingProxyType(dict(self._counts))
+        with self._lock:
+            return MappingProxyType(dict(self._counts))

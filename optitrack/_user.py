@@ -9,7 +9,7 @@ queue anything itself.
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from ._results import TrackResult
 
@@ -22,7 +22,28 @@ __all__ = [
     "RendersAttributes",
     "Tracks",
     "UserContext",
+    "Variables",
 ]
+
+
+class Variables(dict[str, Any]):
+    """A decision's variables: a ``dict`` that cannot be changed.
+
+    A ``dict``, so that ``json.dumps(decision.variables)`` and code written for
+    optimizely-sdk's decisions work as they are; read-only, because a decision is a
+    snapshot.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a decision's variables are read-only; copy them with dict(...)")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __repr__(self) -> str:
+        return f"Variables({dict.__repr__(self)})"
 
 
 class DecideOption(StrEnum):
@@ -51,10 +72,11 @@ class Decision:
         variation_key: The variation's key, or ``None`` when the user got none.
         enabled: Whether the flag is on for the user.
         variables: The flag's variables for the user, typed (empty with
-            ``EXCLUDE_VARIABLES``).
+            ``EXCLUDE_VARIABLES``): a read-only ``dict`` (:class:`Variables`).
         rule_key: The experiment or rollout rule that decided, or ``None``.
         flag_key: The flag's key.
-        user_context: The user the decision is for.
+        user_context: The user the decision is for (a :class:`SyncUserContext` for a
+            :class:`SyncClient`'s decisions).
         reasons: Why, when ``INCLUDE_REASONS`` was given; errors are always reported.
     """
 

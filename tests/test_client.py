@@ -319,3 +319,22 @@ def test_a_bad_endpoint_is_refused_up_front(datafile: dict[str, Any], endpoint: 
         return
     with pytest.raises(ValueError, match="event_endpoint"):
         optitrack.Client(datafile, event_endpoint=endpoint)
+
+
+async def test_start_and_close_are_logged_once_without_user_data(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="optitrack")
+    async with asgi_client(EventsAPI(), datafile) as client:
+        await client.track("purchase", "secret-user-42", {"plan": "pro"}, {"revenue": 777})
+    infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    started = [m for m in infos if m.startswith("optitrack client started")]
+    closed = [m for m in infos if m.startswith("optitrack client closed")]
+    assert len(started) == 1
+    assert "http://events.test/v1/events" in started[0]
+    assert "batch_size 1000" in started[0]
+    assert closed == [
+        "optitrack client closed: accepted 1 = delivered 1 + dropped 0 + pending 0; "
+        "refused 0; 1 request(s), 0 retry(ies)."
+    ]
+    assert not any("secret-user-42" in m or "777" in m for m in infos)

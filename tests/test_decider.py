@@ -818,3 +818,18 @@ def test_update_datafile_moves_the_default_endpoint_only(datafile: dict[str, Any
     given.update_datafile(eu)
     assert default.event_endpoint == "https://eu.logx.optimizely.com/v1/events"
     assert given.event_endpoint == "http://127.0.0.1:9/v1/events"
+
+
+@pytest.mark.anyio
+async def test_variables_serialize_as_optimizely_sdks_and_stay_read_only(
+    datafile: dict[str, Any],
+) -> None:
+    # Ported code serializes decision.variables (a dict in optimizely-sdk).
+    async with asgi_client(EventsAPI(), datafile) as client:
+        decision = await client.create_user_context("u1", {"plan": "pro"}).decide("new_checkout")
+    assert isinstance(decision.variables, dict)
+    assert json.loads(json.dumps(decision.variables)) == dict(decision.variables)
+    with pytest.raises(TypeError, match="read-only"):
+        decision.variables["x"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        decision.variables.update(x=1)

@@ -200,6 +200,28 @@ class BatchQueue:
             await checkpoint()
         return reason
 
+    async def put_waiting(self, ctx: BatchContext, data: bytes) -> Reason | None:
+        """Enqueue an item someone already accepted, waiting for room as long as it takes.
+
+        For a hand-off in front of this queue (the sync client's): its own bounds and
+        overflow policy answered the caller; here a full queue only slows the hand-off
+        down. Refused only when the queue is closed or the item is too large.
+
+        Args:
+            ctx: The item's batch context.
+            data: The serialized item.
+
+        Returns:
+            ``None`` when accepted, else why it was refused.
+        """
+        reason = self.put_nowait(ctx, data)
+        while reason is _QUEUE_FULL:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+            reason = self.put_nowait(ctx, data)
+        return reason
+
     async def _wait_for_room(self, ctx: BatchContext, data: bytes) -> Reason | None:
         reason: Reason | None = Reason.QUEUE_FULL
         with anyio.move_on_after(self._overflow_timeout):

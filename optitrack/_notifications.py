@@ -104,6 +104,9 @@ class LogEventNotification:
         outcome: ``delivered``, ``retry``, ``split`` or ``dropped``.
         status: The HTTP status, or ``None`` when no answer came.
         error: What went wrong when no answer came (``ConnectError``, ``timeout``...).
+        duration: How long the attempt took, in seconds on the event loop's clock: from
+            just before the request to its answer (read in full) or its failure, without
+            any backoff or ``Retry-After`` pause before it. ``None`` when not measured.
     """
 
     url: str
@@ -114,6 +117,7 @@ class LogEventNotification:
     outcome: str
     status: int | None
     error: str | None = None
+    duration: float | None = None
 
 
 Listener = Callable[[Any], object]

@@ -115,18 +115,20 @@ class Sender:
             part.attempts += 1
             headers = self._headers(part)
             outage = self._breaker_open  # known down: a failure says nothing of this batch
+            started = self._now()
             status, error, retry_after = await self._attempt(part, body, headers)
+            duration = self._now() - started
             count = len(part.items)
 
             if status is not None and 200 <= status < 300:
                 self._on_success()
-                self._log_event(part, headers, body, "delivered", status)
+                self._log_event(part, headers, body, duration, "delivered", status)
                 return None
             if status in (400, 413) and count > 1 and part.splits[0] > 0:
-                self._log_event(part, headers, body, "split", status)
+                self._log_event(part, headers, body, duration, "split", status)
                 return part.split()
             if status is not None and not is_retryable_status(status):
-                self._log_event(part, headers, body, "dropped", status)
+                self._log_event(part, headers, body, duration, "dropped", status)
                 self._throttled.warning(
                     f"http_{status}",
                     "Events API answered %d: dropped %d event(s). Response: %r",
@@ -149,7 +151,7 @@ class Sender:
                 resume = self._resume_at.get(endpoint, -math.inf)
                 self._resume_at[endpoint] = max(resume, self._now() + wait)
             if part.charged >= retry.attempts or elapsed + wait >= retry.timeout:
-                self._log_event(part, headers, body, "dropped", status, error)
+                self._log_event(part, headers, body, duration, "dropped", status, error)
                 logger.error(
                     "Gave up on %d event(s) after %d attempt(s) over %.1f s (last: %s).",
                     count,
@@ -158,7 +160,7 @@ class Sender:
                     status if status is not None else error,
                 )
                 return Reason.RETRIES_EXHAUSTED
-            self._log_event(part, headers, body, "retry", status, error)
+            self._log_event(part, headers, body, duration, "retry", status, error)
             self._throttled.warning(
                 "retry",
                 "Events API attempt failed (%s); retrying %d event(s) in %.2f s.",
@@ -256,6 +258,7 @@ class Sender:
         part: Part,
         headers: dict[str, str],
         body: bytes,
+        duration: float,
         outcome: str,
         status: int | None,
         error: str | None = None,
@@ -272,6 +275,7 @@ class Sender:
                     outcome=outcome,
                     status=status,
                     error=error if status is None else None,
+                    duration=duration,
                 ),
             )
 

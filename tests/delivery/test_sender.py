@@ -395,6 +395,7 @@ async def test_log_event_notifications_describe_each_request(datafile: dict[str,
     assert seen[0].url == EVENTS_URL
     assert seen[0].event_count == 1
     assert seen[0].body == api.requests[0].body
+    assert all(n.duration is not None and n.duration >= 0 for n in seen)
 
 
 async def test_a_raising_listener_never_stops_delivery(

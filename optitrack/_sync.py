@@ -32,6 +32,7 @@ import anyio.lowlevel
 
 from ._classic import SyncCalls
 from ._client import Client, DatafileSource
+from ._delivery import BatchContext
 from ._exceptions import ClientStateError
 from ._handoff import Handoff
 from ._intake import Intake
@@ -99,7 +100,13 @@ class SyncClient(SyncCalls):
         self._loop: _LoopCalls | None = None
         self._call_soon: Callable[[Callable[[], object]], object] | None = None
         self._wakeup: anyio.Event | None = None
+        #: Held on the loop while items taken from the hand-off are put in the queue, so
+        #: that flush sees each item either still in the hand-off or already queued.
+        self._moving: anyio.Lock | None = None
+        #: The pump's cancel scope: close() gives it the close deadline.
+        self._pump_scope: anyio.CancelScope | None = None
         self._closing = False
+        #: When the close deadline passes, on the loop's clock.
         self._close_deadline: float | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
@@ -142,32 +149,59 @@ class SyncClient(SyncCalls):
         async with self._client:
             self._loop = _LoopCalls()
             self._call_soon = self._loop.call_soon
+            self._moving = anyio.Lock()
+            self._pump_scope = anyio.CancelScope()
             self._started.set()
-            await self._pump()
-            # The hand-off is in the queue now: drain it within the close deadline.
-            await self._client.aclose(self._close_deadline)
+            with self._pump_scope:
+                await self._pump()
+            # The hand-off is in the queue now (or counted lost, if the queue had no room
+            # for it before the deadline): drain the queue within what is left.
+            deadline = self._close_deadline
+            remaining = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
+            await self._client.aclose(remaining)
 
     async def _pump(self) -> None:
-        """Move the hand-off into the delivery queue until closing, then once more."""
-        handoff = self._handoff
-        queue = self._client._intake.queue
-        batch = self._client._options.batch_size
+        """Move the hand-off into the delivery queue until closing, then once more.
+
+        Runs in ``_pump_scope``: once closing, a move still waiting for room in a full
+        queue (the Events API not answering) ends at the close deadline.
+        """
+        assert self._moving is not None
         while True:
             closing = self._closing
-            for n, (ctx, data) in enumerate(handoff.take(), 1):
-                reason = await queue.put_waiting(ctx, data)
-                if reason is None:
-                    handoff.moved(len(data))
-                else:
-                    handoff.lost(len(data), Reason.SHUTDOWN)
-                if n % batch == 0:
-                    await anyio.lowlevel.checkpoint()
+            async with self._moving:
+                await self._move(self._handoff.take())
             if closing:
                 return
             self._wakeup = anyio.Event()
             with anyio.move_on_after(_TICK):
                 await self._wakeup.wait()
             self._wakeup = None
+
+    async def _move(self, items: list[tuple[BatchContext, bytes]]) -> None:
+        """Put items taken from the hand-off in the delivery queue, with ``_moving`` held.
+
+        Waits for room as long as it takes; if cancelled meanwhile (the close deadline
+        passed), the items not in the queue are counted as lost (``shutdown``).
+        """
+        handoff = self._handoff
+        queue = self._client._intake.queue
+        batch = self._client._options.batch_size
+        done = 0
+        try:
+            for ctx, data in items:
+                reason = await queue.put_waiting(ctx, data)
+                done += 1
+                if reason is None:
+                    handoff.moved(len(data))
+                else:
+                    handoff.lost(len(data), Reason.SHUTDOWN)
+                if done % batch == 0:
+                    # Let the loop deliver; flush() waits for the rest of this move.
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            for _, data in items[done:]:
+                handoff.lost(len(data), Reason.SHUTDOWN)
 
     def _wake(self) -> None:
         # From any thread: have the pump move the hand-off now.
@@ -214,7 +248,9 @@ class SyncClient(SyncCalls):
 
     async def _close_on_loop(self, timeout: float) -> None:
         self._handoff.close()
-        self._close_deadline = timeout
+        self._close_deadline = anyio.current_time() + timeout
+        if self._pump_scope is not None:
+            self._pump_scope.deadline = self._close_deadline
         self._closing = True
         self._set_wakeup()
 
@@ -246,12 +282,10 @@ class SyncClient(SyncCalls):
         return result
 
     async def _flush_on_loop(self, timeout: float | None) -> FlushResult:
-        handoff, queue = self._handoff, self._client._intake.queue
-        for ctx, data in handoff.take():
-            if await queue.put_waiting(ctx, data) is None:
-                handoff.moved(len(data))
-            else:
-                handoff.lost(len(data), Reason.SHUTDOWN)
+        assert self._moving is not None
+        # After the pump's move in progress, if any: what it took is queued by then.
+        async with self._moving:
+            await self._move(self._handoff.take())
         return await self._client.flush(timeout)
 
     def statistics(self) -> Statistics:
@@ -438,9 +472,12 @@ class SyncClient(SyncCalls):
 
     def _after_fork(self) -> None:
         # In a child: the thread is gone and the queue is the parent's. Start afresh
-        # on first use, with the same options.
+        # on first use, with the same options. A client the parent never started (a
+        # gunicorn --preload master's) is rebuilt too: the fork gave up its delivery
+        # queue (the processor abandons every live queue in a child), so the inherited
+        # one would take every event and drop it as ``shutdown``.
         self._lock = threading.Lock()
-        if self._state == _RUNNING:
+        if self._state != _CLOSED:
             self._state = _NEW
             self._make_client()
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,23 @@ def test_many_threads_track_and_decide(
     assert sum(api.conversions.values()) == 4 * 500 * 2
 
 
+def test_flush_waits_for_what_the_pump_is_moving(
+    datafile: dict[str, Any], backend: str, stand_in: tuple[EventsAPI, Server]
+) -> None:
+    # A small batch_size: the pump yields every few items while it moves what it took
+    # from the hand-off. flush() must count those too, not only what was queued already.
+    api, server = stand_in
+    with optitrack.SyncClient(
+        datafile, event_endpoint=server.url, backend=backend, batch_size=10, flush_interval=60
+    ) as client:
+        for n in range(2000):
+            assert client.track("purchase", f"u{n}")
+        assert client.flush(30).complete
+        stats = client.statistics()
+        assert stats.pending == 0, stats
+        assert stats.delivered == api.event_count == 2000
+
+
 def test_the_decision_calls(
     datafile: dict[str, Any], backend: str, stand_in: tuple[EventsAPI, Server]
 ) -> None:
@@ -114,6 +132,33 @@ def test_a_full_hand_off_refuses_and_the_ledger_balances(
         assert stats.refused == {"queue_full": len(refused)}
     check_ledger(client.statistics())
     assert client.statistics().dropped_total == client.statistics().accepted
+
+
+def test_close_keeps_its_deadline_while_the_queue_has_no_room(
+    datafile: dict[str, Any], backend: str, stand_in: tuple[EventsAPI, Server]
+) -> None:
+    # Nothing leaves, the delivery queue is full, and the pump is waiting for room with
+    # items it took from the hand-off: close() ends them at its deadline, counted.
+    api, server = stand_in
+    api.fail_all(Hang())
+    client = optitrack.SyncClient(
+        datafile, event_endpoint=server.url, backend=backend, max_queue_size=10, batch_size=5
+    )
+    client.start()
+    deadline = time.monotonic() + 5
+    n = 0
+    while not (client._client.statistics().queued == 10 and client._handoff.pending):
+        assert time.monotonic() < deadline, client.statistics()
+        client.track("purchase", f"u{n}")  # refused (queue_full) while the hand-off is full
+        n += 1
+        time.sleep(0.005)
+    started = time.monotonic()
+    client.close(0.3)
+    assert time.monotonic() - started < 2  # not close_timeout + 5 s
+    stats = client.statistics()
+    check_ledger(stats)
+    assert stats.pending == 0
+    assert stats.dropped_total == stats.accepted > 0
 
 
 def test_block_waits_for_room_then_refuses(
@@ -223,6 +268,42 @@ def test_a_client_made_before_fork_works_in_every_child(
     assert api.duplicate_uuids() == {}
     visitors = [v.visitor_id for v in api.visitors]
     assert len(visitors) == len(set(visitors)) == 100 + 3 * 200
+
+
+def test_a_client_the_parent_never_used_works_in_every_child(
+    datafile: dict[str, Any], backend: str, stand_in: tuple[EventsAPI, Server], tmp_path: Path
+) -> None:
+    # As a gunicorn --preload master: it makes the client at import and only forks. The
+    # fork gives up every delivery queue in the child, a never-started one too, so the
+    # child must not send through the inherited one (it dropped everything as shutdown).
+    api, server = stand_in
+    code = _script(
+        f"""
+        client = optitrack.SyncClient(DATAFILE, event_endpoint=URL, backend={backend!r},
+                                      flush_interval=60)
+        children = []
+        for child in range(2):
+            pid = os.fork()
+            if pid == 0:
+                for n in range(100):
+                    assert client.track("purchase", f"child{{child}}-{{n}}")
+                client.close()
+                stats = client.statistics()
+                assert stats.delivered == 100 and not stats.dropped, stats
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        """,
+        server.url,
+        datafile,
+        tmp_path,
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert api.event_count == 2 * 100
+    assert api.duplicate_uuids() == {}
 
 
 async def _track_from_another_thread(client: optitrack.Client) -> None:

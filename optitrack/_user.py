@@ -269,7 +269,8 @@ class UserContext:
             options: Decide options, added to the client's defaults.
 
         Returns:
-            Flag key to decision; with ``ENABLED_FLAGS_ONLY``, the enabled ones only.
+            Flag key to decision, in the order of ``keys`` (optimizely-sdk puts unknown
+            keys first); with ``ENABLED_FLAGS_ONLY``, the enabled ones only.
         """
         return await self._decider.decide_many(self, list(keys), options)
 

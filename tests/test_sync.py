@@ -319,3 +319,33 @@ async def test_the_async_client_refuses_other_threads(datafile: dict[str, Any]) 
     async with optitrack.Client(datafile, event_endpoint="http://127.0.0.1:9/v1/events") as c:
         await _track_from_another_thread(c)
         assert c.statistics().accepted == 0
+
+
+def test_an_async_client_made_before_fork_works_when_entered_in_the_child(
+    datafile: dict[str, Any], stand_in: tuple[EventsAPI, Server], tmp_path: Path
+) -> None:
+    api, server = stand_in
+    code = _script(
+        """
+        import anyio
+        client = optitrack.Client(DATAFILE, event_endpoint=URL)  # made, not entered
+
+        async def main() -> None:
+            async with client:
+                for n in range(50):
+                    assert await client.track("purchase", f"child-{n}")
+
+        pid = os.fork()
+        if pid == 0:
+            anyio.run(main)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """,
+        server.url,
+        datafile,
+        tmp_path,
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert api.event_count == 50

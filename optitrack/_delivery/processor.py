@@ -76,7 +76,6 @@ class BatchProcessor:
         self._stopped = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
-        _live_processors.add(self)
 
     # -- the worker ------------------------------------------------------------------
 
@@ -96,6 +95,9 @@ class BatchProcessor:
         drains, shielded, within ``close_timeout``: then what is left is counted as
         dropped (``shutdown``), never silently lost.
         """
+        # Only a running processor has events a fork must leave to the parent: a client
+        # made before a fork and first entered in the child is the child's own.
+        _live_processors.add(self)
         self._now = self.queue.clock = _loop_clock()
         self._sender.attach(http_client, self._now)
         try:

@@ -43,6 +43,7 @@ from ._delivery import (
     BatchProcessor,
     Overflow,
     RetryPolicy,
+    check_endpoint,
 )
 from ._exceptions import ClientStateError, unwrap_single_group
 from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
@@ -55,19 +56,6 @@ from ._user import DecideOption, UserContext
 __all__ = ["Client"]
 
 DatafileSource = str | bytes | os.PathLike[str] | Mapping[str, Any] | ProjectConfig
-
-
-def _check_endpoint(endpoint: str) -> str:
-    try:
-        url = httpx.URL(endpoint)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"event_endpoint ({endpoint!r}) is not a URL: {exc}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(
-            f"event_endpoint ({endpoint!r}) must be an http or https URL with a host, "
-            "e.g. http://127.0.0.1:8765/v1/events"
-        )
-    return endpoint
 
 
 def _config(datafile: DatafileSource) -> ProjectConfig:
@@ -195,7 +183,7 @@ class Client(ClassicCalls):
             retry=retry if retry is not None else RetryPolicy(),
         )
         self._endpoint_given = event_endpoint
-        self.event_endpoint = _check_endpoint(event_endpoint or config.default_event_endpoint)
+        self.event_endpoint = check_endpoint(event_endpoint or config.default_event_endpoint)
         self._http = http_client
         self.notification_center = NotificationCenter()
         self._processor = BatchProcessor(self._options, self.notification_center)

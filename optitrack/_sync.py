@@ -36,6 +36,7 @@ from ._delivery import BatchContext
 from ._exceptions import ClientStateError
 from ._handoff import Handoff
 from ._intake import Intake
+from ._loop_calls import LoopCalls
 from ._results import FlushResult, Reason, Statistics, TrackResult
 from ._sync_user import SyncUserContext
 
@@ -97,7 +98,7 @@ class SyncClient(SyncCalls):
         self._max_event_bytes = opts.max_event_bytes
         self._close_timeout = opts.close_timeout
         self._thread: threading.Thread | None = None
-        self._loop: _LoopCalls | None = None
+        self._loop: LoopCalls | None = None
         self._call_soon: Callable[[Callable[[], object]], object] | None = None
         self._wakeup: anyio.Event | None = None
         #: Held on the loop while items taken from the hand-off are put in the queue, so
@@ -147,7 +148,7 @@ class SyncClient(SyncCalls):
 
     async def _main(self) -> None:
         async with self._client:
-            self._loop = _LoopCalls()
+            self._loop = LoopCalls()
             self._call_soon = self._loop.call_soon
             self._moving = anyio.Lock()
             self._pump_scope = anyio.CancelScope()
@@ -480,38 +481,6 @@ class SyncClient(SyncCalls):
         if self._state != _CLOSED:
             self._state = _NEW
             self._make_client()
-
-
-class _LoopCalls:
-    """Calls into the running event loop from other threads, on asyncio or Trio.
-
-    Made on the loop's thread; its methods are for the other threads.
-    """
-
-    def __init__(self) -> None:
-        try:
-            import asyncio
-
-            self._asyncio: Any = asyncio.get_running_loop()
-            self.call_soon: Callable[[Callable[[], object]], object] = (
-                self._asyncio.call_soon_threadsafe
-            )
-        except RuntimeError:  # not asyncio: the other backend anyio runs on is Trio
-            import trio
-
-            self._asyncio = None
-            self._trio = trio.lowlevel.current_trio_token()
-            self.call_soon = self._trio.run_sync_soon
-
-    def run(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run the async ``func`` on the loop; wait for and return its result."""
-        if self._asyncio is not None:
-            import asyncio
-
-            return asyncio.run_coroutine_threadsafe(func(*args), self._asyncio).result()
-        import trio
-
-        return trio.from_thread.run(func, *args, trio_token=self._trio)
 
 
 _live: weakref.WeakSet[SyncClient] = weakref.WeakSet()

@@ -44,6 +44,7 @@ from .options import (
     EVENTS_API_MAX_BODY,
     BatchOptions,
     Overflow,
+    check_endpoint,
 )
 from .processor import BatchProcessor
 from .queue import BatchQueue
@@ -70,6 +71,7 @@ __all__ = [
     "Part",
     "RetryPolicy",
     "Sender",
+    "check_endpoint",
     "is_retryable_status",
     "parse_retry_after",
 ]

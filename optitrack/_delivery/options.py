@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import httpx
+
 from .retry import RetryPolicy
 
 __all__ = [
@@ -106,3 +108,17 @@ class BatchOptions:
                 f"max_event_bytes ({self.max_event_bytes}) must be <= max_queue_bytes "
                 f"({self.max_queue_bytes})"
             )
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint``, if it is an http(s) URL with a host; else a ValueError naming the fix."""
+    try:
+        url = httpx.URL(endpoint)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"event_endpoint ({endpoint!r}) is not a URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"event_endpoint ({endpoint!r}) must be an http or https URL with a host, "
+            "e.g. http://127.0.0.1:8765/v1/events"
+        )
+    return endpoint

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 from .._wire import EventBatch, SnapshotEvent, Visitor
@@ -44,12 +44,12 @@ from ._tallies import (
     tally_batch,
     validate_batch,
 )
-from ._waiting import Waiters
+from ._waiting import WaitControls, Waiters
 
 __all__ = ["EventsAPI"]
 
 
-class EventsAPI(FaultControls):
+class EventsAPI(FaultControls, WaitControls):
     """The Events API stand-in: an ASGI 3 app that validates, records and misbehaves.
 
     Each ``POST /v1/events`` goes through, in order:
@@ -211,21 +211,6 @@ class EventsAPI(FaultControls):
             return self._tallies.statistics()
 
     # Waiting ----------------------------------------------------------------------------
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds, re-checked each time a request is recorded.
-
-        Works on asyncio and Trio, with the server in the same event loop or in another
-        thread (:func:`serve_in_thread`). Guard it with :func:`anyio.fail_after`.
-
-        Args:
-            predicate: Called without arguments, under the app's lock, in the thread that
-                records; it may read this app's properties.
-
-        Raises:
-            Exception: Whatever ``predicate`` raised.
-        """
-        await self._waiters.wait_until(predicate)
 
     async def wait_for_requests(self, n: int) -> None:
         """Wait until at least ``n`` requests reached ``POST /v1/events``, however answered.

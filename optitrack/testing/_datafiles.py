@@ -23,7 +23,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from ._applying import FaultControls, apply_fault
 from ._asgi import ASGIReceive, ASGISend, Refusal, answer, lifespan, refuse, respond
 from ._faults import Fault, FaultPlan, Respond, When
 from ._requests import Seen, read_request
-from ._waiting import Waiters
+from ._waiting import WaitControls, Waiters
 
 __all__ = ["DatafileAPI", "DatafileRequest"]
 
@@ -118,7 +118,7 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return etag in _ETAG.findall(if_none_match)
 
 
-class DatafileAPI(FaultControls):
+class DatafileAPI(FaultControls, WaitControls):
     """The datafile CDN stand-in: an ASGI 3 app that serves datafiles, records and misbehaves.
 
     Serves each datafile at ``GET /datafiles/{sdk_key}.json``, as
@@ -268,21 +268,6 @@ class DatafileAPI(FaultControls):
             self._requests = []
 
     # Waiting ----------------------------------------------------------------------------
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds, re-checked each time a request is recorded.
-
-        Works on asyncio and Trio, with the server in the same event loop or in another
-        thread (:func:`serve_in_thread`). Guard it with :func:`anyio.fail_after`.
-
-        Args:
-            predicate: Called without arguments, under the app's lock, in the thread that
-                records; it may read this app's properties.
-
-        Raises:
-            Exception: Whatever ``predicate`` raised.
-        """
-        await self._waiters.wait_until(predicate)
 
     async def wait_for_requests(self, n: int) -> None:
         """Wait until at least ``n`` requests were received, however answered.

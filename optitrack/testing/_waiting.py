@@ -18,7 +18,7 @@ from collections.abc import Callable
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Waiters"]
+__all__ = ["WaitControls", "Waiters"]
 
 
 def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
@@ -101,3 +101,24 @@ class Waiters:
         for waiter in self._waiters:
             if not waiter.fired:
                 waiter.check()
+
+
+class WaitControls:
+    """``wait_until``, for an app that records requests (a part of both stand-ins)."""
+
+    _waiters: Waiters
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checked each time a request is recorded.
+
+        Works on asyncio and Trio, with the server in the same event loop or in another
+        thread (:func:`serve_in_thread`). Guard it with :func:`anyio.fail_after`.
+
+        Args:
+            predicate: Called without arguments, under the app's lock, in the thread that
+                records; it may read this app's properties.
+
+        Raises:
+            Exception: Whatever ``predicate`` raised.
+        """
+        await self._waiters.wait_until(predicate)

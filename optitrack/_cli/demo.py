@@ -1,35 +1,58 @@
-"""The ``optitrack`` command: ``demo`` and ``collector``.
+"""``optitrack demo``: decide and track for many users against a local stand-in, and report.
 
-Owns: the command line. Must not touch: the library's internals (it uses the public API
-and ``optitrack.testing``).
+Owns: the demo. Must not touch: the library's internals.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import json
 import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import anyio
 
-from ._client import Client
-from ._version import __version__
+from .._client import Client
+from .._version import __version__
+from ._common import example_datafile, positive
 
-__all__ = ["main"]
+__all__ = ["demo", "register"]
 
 
-def example_datafile() -> dict[str, Any]:
-    """The example datafile bundled with optitrack (a flag, an experiment, a rollout)."""
-    text = resources.files("optitrack").joinpath("example_datafile.json").read_text()
-    return json.loads(text)  # type: ignore[no-any-return]
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``demo`` to the command line."""
+    parser = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="track conversions to a local Events API stand-in and report",
+        description="Decide a flag for many users, track their conversions through the real "
+        "client to an Events API stand-in on 127.0.0.1, then print what arrived.",
+    )
+    parser.add_argument(
+        "--users", type=positive, default=1_000, help="how many users (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--events",
+        type=positive,
+        default=5_000,
+        help="how many conversions in all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive,
+        default=1_000,
+        help="the client's batch size (default: %(default)s)",
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return anyio.run(
+        lambda: demo(users=args.users, events=args.events, batch_size=args.batch_size),
+        backend=args.backend,
+    )
 
 
 async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> int:
@@ -49,7 +72,7 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
     Returns:
         The exit status: 0 when every event arrived exactly once.
     """
-    from .testing import EventsAPI, serve
+    from ..testing import EventsAPI, serve
 
     def say(line: str = "") -> None:
         print(line, file=out or sys.stdout, flush=True)
@@ -123,70 +146,3 @@ async def demo(*, users: int, events: int, batch_size: int, out: Any = None) -> 
     ok = stats.events == expected and stats.duplicates == 0 and ledger.delivered == expected
     say("OK" if ok else "MISMATCH: not every event arrived exactly once")
     return 0 if ok else 1
-
-
-async def collector(host: str, port: int, validate: bool = True, out: Any = None) -> None:
-    """Serve the Events API stand-in until interrupted."""
-    out = out or sys.stdout
-    from .testing import EventsAPI, serve
-
-    async with serve(EventsAPI(validate=validate), host=host, port=port) as server:
-        print(f"Events API stand-in: POST {server.url}", file=out, flush=True)
-        print(f"results: {server.base_url}/  (JSON: {server.base_url}/v1/stats)", file=out)
-        print("Ctrl-C to stop.", file=out, flush=True)
-        await anyio.sleep_forever()
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``optitrack`` command line.
-
-    Args:
-        argv: The arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status.
-    """
-    parser = argparse.ArgumentParser(prog="optitrack", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"optitrack {__version__}")
-    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_demo = commands.add_parser(
-        "demo", help="track conversions to a local Events API stand-in and report"
-    )
-    run_demo.add_argument("--users", type=_positive, default=1_000)
-    run_demo.add_argument("--events", type=_positive, default=5_000)
-    run_demo.add_argument("--batch-size", type=_positive, default=1_000)
-    run_collector = commands.add_parser(
-        "collector", help="serve the Events API stand-in and its results view"
-    )
-    run_collector.add_argument("--host", default="127.0.0.1")
-    run_collector.add_argument("--port", type=int, default=8765)
-    run_collector.add_argument(
-        "--no-validate",
-        dest="validate",
-        action="store_false",
-        help="only parse bodies, do not validate them (twice as fast, for benchmarks)",
-    )
-    args = parser.parse_args(argv)
-    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        parser.error("--backend trio needs Trio: pip install 'optitrack[trio]'")
-
-    if args.command == "demo":
-        return anyio.run(
-            lambda: demo(users=args.users, events=args.events, batch_size=args.batch_size),
-            backend=args.backend,
-        )
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(collector, args.host, args.port, args.validate, backend=args.backend)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

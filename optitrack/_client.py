@@ -50,7 +50,7 @@ from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
 from ._logging import log_closed, log_started
 from ._notifications import ConfigUpdateNotification, NotificationCenter, NotificationType
 from ._profiles import ProfileStore, UserProfileService
-from ._results import FlushResult, Statistics, TrackResult
+from ._results import ACCEPTED, FlushResult, Statistics, TrackResult
 from ._user import DecideOption, UserContext
 
 __all__ = ["Client"]
@@ -421,12 +421,17 @@ class Client(ClassicCalls):
         intake = self._intake
         if get_ident() != intake.thread:
             intake.wrong_thread("track")
-        data = intake.conversion(event_key, user_id, attributes, event_tags)
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
+        data = intake.fast(event_key, user_id, attributes, event_tags, None)
+        if data is None:
+            conversion = intake.conversion(event_key, user_id, attributes, event_tags)
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
         # put waits for room with overflow="block", and lets the worker (and the network)
         # have a turn now and then, so that a tight loop of track calls cannot starve it.
         reason = await intake.queue.put(intake.context, data)
+        if reason is None and not intake.track_listeners:
+            return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
     def track_nowait(
@@ -454,10 +459,15 @@ class Client(ClassicCalls):
         intake = self._intake
         if get_ident() != intake.thread:
             intake.wrong_thread("track_nowait")
-        data = intake.conversion(event_key, user_id, attributes, event_tags)
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
+        data = intake.fast(event_key, user_id, attributes, event_tags, None)
+        if data is None:
+            conversion = intake.conversion(event_key, user_id, attributes, event_tags)
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
         reason = intake.queue.put_nowait(intake.context, data)
+        if reason is None and not intake.track_listeners:
+            return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
     async def _track_user(
@@ -468,11 +478,15 @@ class Client(ClassicCalls):
         if get_ident() != intake.thread:
             intake.wrong_thread("track_event")
         attributes = user._attributes
-        data = intake.conversion(
-            event_key, user.user_id, attributes, event_tags, user.wire_attributes(intake.factory)
-        )
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
+        rendered = user.rendered_attributes(intake.factory)
+        data = None
+        if rendered is not None:
+            data = intake.fast(event_key, user.user_id, None, event_tags, rendered)
+        if data is None:
+            conversion = intake.conversion(event_key, user.user_id, attributes, event_tags, user)
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
         reason = await intake.queue.put(intake.context, data)
         return intake.submitted(reason, event_key, user.user_id, attributes, event_tags)
 

@@ -26,6 +26,7 @@ from ._decisions import (
     UserProfile,
     VariationDecision,
 )
+from ._events import InvalidInputError
 from ._exceptions import DecisionError
 from ._inputs import Inputs
 from ._intake import RUNNING, Intake
@@ -242,14 +243,14 @@ class Decider(ClassicDecisions):
             rule_type = decision.rule_type
             side = decision.holdout
             if side is not None and rule_type is not _HOLDOUT:
-                impressions.append(self._impression(user, flag.key, side, side.enabled))
+                self._impression(user, flag.key, side, side.enabled, impressions)
                 dispatched = True
             if (
                 rule_type is _FEATURE_TEST
                 or rule_type is _HOLDOUT
                 or self._config.send_flag_decisions
             ):
-                impressions.append(self._impression(user, flag.key, decision, enabled))
+                self._impression(user, flag.key, decision, enabled, impressions)
                 dispatched = True
         variables: Mapping[str, Any] = _NO_VARIABLES
         if flag.variables and choices.with_variables:
@@ -301,18 +302,29 @@ class Decider(ClassicDecisions):
         return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
 
     def _impression(
-        self, user: UserContext, flag_key: str, decision: VariationDecision, enabled: bool
-    ) -> bytes:
-        """A flag decision's impression. Without a rule (a flag-level forced decision, or
-        nothing decided), the campaign, experiment and rule are empty, as Optimizely's SDK
-        sends them."""
+        self,
+        user: UserContext,
+        flag_key: str,
+        decision: VariationDecision,
+        enabled: bool,
+        impressions: list[bytes],
+    ) -> None:
+        """Add a flag decision's impression to ``impressions``. Without a rule (a
+        flag-level forced decision, or nothing decided), the campaign, experiment and rule
+        are empty, as Optimizely's SDK sends them. A user id or attributes that cannot be
+        sent make no impression (counted and logged)."""
         factory = self._intake.factory
-        return factory.impression(
-            user.user_id,
-            user.wire_attributes(factory),
-            flag_key,
-            decision.experiment,
-            decision.variation,
-            decision.rule_type or _ROLLOUT,
-            enabled,
-        )
+        try:
+            impressions.append(
+                factory.impression(
+                    user.user_id,
+                    user.wire_attributes(factory),
+                    flag_key,
+                    decision.experiment,
+                    decision.variation,
+                    decision.rule_type or _ROLLOUT,
+                    enabled,
+                )
+            )
+        except InvalidInputError as exc:
+            self._intake.impression_refused(exc)

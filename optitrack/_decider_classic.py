@@ -26,6 +26,7 @@ from ._decisions import (
     UserProfile,
     VariationDecision,
 )
+from ._events import InvalidInputError
 from ._logging import logger
 from ._notifications import DecisionNotification, NotificationCenter, NotificationType
 
@@ -118,15 +119,19 @@ class ClassicDecisions:
             logger.info('Not activating user "%s".', user_id)
             return None, None
         factory = self._intake.factory
-        data = factory.impression(
-            user_id,
-            factory.attributes_json(attributes),
-            "",
-            experiment,
-            decision.variation,
-            _EXPERIMENT,
-            True,
-        )
+        data = None
+        try:
+            data = factory.impression(
+                user_id,
+                factory.attributes_json(attributes),
+                "",
+                experiment,
+                decision.variation,
+                _EXPERIMENT,
+                True,
+            )
+        except InvalidInputError as exc:
+            self._intake.impression_refused(exc)
         return decision.variation.key, data
 
     def get_variation(
@@ -203,15 +208,18 @@ class ClassicDecisions:
             source is _FEATURE_TEST and variation and decision.experiment
         ):
             factory = self._intake.factory
-            data = factory.impression(
-                user_id,
-                factory.attributes_json(attributes),
-                flag.key,
-                decision.experiment,
-                variation,
-                source or _ROLLOUT,
-                enabled,
-            )
+            try:
+                data = factory.impression(
+                    user_id,
+                    factory.attributes_json(attributes),
+                    flag.key,
+                    decision.experiment,
+                    variation,
+                    source or _ROLLOUT,
+                    enabled,
+                )
+            except InvalidInputError as exc:
+                self._intake.impression_refused(exc)
         if self._notifications.has_listeners(_DECISION):
             source_info = {}
             if source is _FEATURE_TEST and decision.experiment is not None:

@@ -16,45 +16,52 @@ not touch: deciding, queueing or sending.
 
 from __future__ import annotations
 
-import decimal
-import json
 import logging
-import math
-import numbers
 import time
 from collections.abc import Callable, Mapping
-from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
+
+from pydantic_core import to_json as _compiled_json
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchContext
 from ._logging import Throttled
 from ._uuid import new_uuid
+from ._values import (
+    MAX_SAFE_NUMBER,
+    MAX_TAG_DEPTH,
+    NOT_UNICODE,
+    InvalidInputError,
+    InvalidTagsError,
+    attribute_value_json,
+    encode_tags,
+    not_unicode,
+    revenue_of,
+    value_of,
+)
 from ._version import __version__
 
 __all__ = [
     "CLIENT_NAME",
+    "MAX_TAG_DEPTH",
     "EventFactory",
+    "InvalidInputError",
     "InvalidTagsError",
     "batch_context",
+    "encode_tags",
 ]
 
 
 CLIENT_NAME = "optitrack"
-_MAX_SAFE_NUMBER = 2**53
-_CLEANED_KEYS = frozenset({"revenue", "value", "tags", "decisions"})
 _CACHEABLE_TYPES = frozenset({str, int, bool})
+
 
 #: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names
 #: (see :meth:`~optitrack._decisions.DecisionEngine.impression_variation`).
 ImpressionVariation = Callable[
     [str, Experiment | Holdout | None, Variation | None, str], Variation | None
 ]
-
-
-class InvalidTagsError(ValueError):
-    """Event tags that cannot be sent as valid JSON (NaN, a ``datetime``, a cycle...)."""
 
 
 #: The body's closing bytes, after the last visitor.
@@ -98,135 +105,6 @@ def batch_context(
         )
     ).encode("ascii")
     return BatchContext(endpoint, prefix, _BODY_SUFFIX)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real | decimal.Decimal):
-        return float(value)
-    raise TypeError(f"a {type(value).__name__} is not JSON ({value!r:.60})")
-
-
-# The C encoder itself, made once: JSONEncoder.encode() makes one per call. No markers:
-# a cycle ends in RecursionError, which refuses the tags like any other bad value.
-_encode_tags_c = c_make_encoder(None, _json_default, _json_str, None, ":", ",", False, False, False)
-
-
-def _to_json(value: Any) -> str:
-    return "".join(_encode_tags_c(value, 0))
-
-
-def _clean(value: Any) -> Any:
-    # Optimizely's SDK drops, at any depth, a key named revenue, value, tags or decisions
-    # whose value is None (its payload goes through an object_pairs_hook that does so).
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if not (v is None and k in _CLEANED_KEYS)}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
-def encode_tags(tags: Mapping[str, Any]) -> str:
-    """Serialize event tags to compact JSON as Optimizely sends them.
-
-    Args:
-        tags: The caller's event tags.
-
-    Returns:
-        The JSON text.
-
-    Raises:
-        InvalidTagsError: A value is NaN or infinite, is not JSON-serializable, or the
-            tags hold a reference cycle.
-    """
-    if type(tags) is not dict:
-        tags = dict(tags)
-    try:
-        text = _to_json(tags)
-        if "null" in text:  # rare: only then can there be a None to clean
-            text = _to_json(_clean(_json_roundtrip(tags)))
-    except ValueError as exc:
-        message = str(exc)
-        if "Out of range float" in message:
-            message = "NaN and Infinity are not valid JSON"
-        raise InvalidTagsError(f"event tags are not valid JSON: {message}") from exc
-    except (TypeError, RecursionError) as exc:
-        raise InvalidTagsError(f"event tags are not valid JSON: {exc}") from exc
-    return text
-
-
-def _json_roundtrip(tags: dict[str, Any]) -> Any:
-    # Normalize to plain dicts and lists (mappings, tuples, numeric types) before cleaning.
-    return json.loads(_to_json(tags)) if _has_non_plain(tags) else tags
-
-
-def _has_non_plain(value: Any) -> bool:
-    if type(value) is dict:
-        return any(_has_non_plain(v) for v in value.values())
-    if type(value) is list:
-        return any(_has_non_plain(v) for v in value)
-    return not (value is None or type(value) in (str, int, float, bool))
-
-
-def revenue_of(tags: Mapping[str, Any]) -> int | None:
-    """The top-level ``revenue``: ``tags["revenue"]`` when it is an integer (not a bool)."""
-    raw = tags.get("revenue")
-    if type(raw) is int:
-        return raw
-    if raw is None or type(raw) in (float, str, bool):
-        return None
-    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
-        return int(raw)
-    return None
-
-
-def value_of(tags: Mapping[str, Any]) -> float | None:
-    """The top-level ``value``: ``tags["value"]`` as a finite float, when it parses as one."""
-    raw = tags.get("value")
-    if raw is None:
-        return None
-    kind = type(raw)
-    if (
-        kind is not float
-        and kind is not int
-        and kind is not str
-        and (isinstance(raw, bool) or not isinstance(raw, numbers.Integral | float | str))
-    ):
-        return None
-    try:
-        number = float(raw)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _attribute_value_json(value: Any) -> str | None:
-    # The value as JSON when Optimizely would send it: str, bool, or a finite number of
-    # absolute value at most 2**53. None means "drop silently".
-    kind = type(value)
-    if kind is str:
-        return _json_str(value)
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return int.__repr__(value) if -_MAX_SAFE_NUMBER <= value <= _MAX_SAFE_NUMBER else None
-    if kind is float:
-        if math.isfinite(value) and -_MAX_SAFE_NUMBER <= value <= _MAX_SAFE_NUMBER:
-            return float.__repr__(value)
-        return None
-    # Subclasses and other numeric types (IntEnum, numpy scalars...), the slow way.
-    if isinstance(value, str):
-        return _json_str(str(value))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, numbers.Integral):
-        return _attribute_value_json(int(value))
-    if isinstance(value, float):
-        return _attribute_value_json(float(value))
-    return None
 
 
 class EventFactory:
@@ -338,6 +216,9 @@ class EventFactory:
 
         Returns:
             The JSON array text.
+
+        Raises:
+            InvalidInputError: A string value is not valid Unicode.
         """
         if not attributes:
             return self._no_attributes
@@ -359,15 +240,17 @@ class EventFactory:
         parts: list[str] = []
         heads = self._attribute_heads
         for name, value in attributes.items():
-            value_json = _attribute_value_json(value)
+            value_json = attribute_value_json(value)
             if value_json is None or not isinstance(name, str):
                 continue
+            if "\\ud" in value_json and not_unicode(value):
+                raise InvalidInputError("attributes", f"value of {name!r:.60} {NOT_UNICODE}")
             head = heads[name] if name in heads else self._attribute_head(name)
             if head is None:
                 # Logged at every call that passes it, as Optimizely does, within the
                 # anti-flood limit; so a set with one is never cached.
                 self._unknown_attributes.log(
-                    logging.ERROR, name, 'Attribute "%s" is not in datafile.', name
+                    logging.ERROR, name, "Attribute %r is not in datafile.", name
                 )
                 cacheable = False
                 continue
@@ -381,6 +264,100 @@ class EventFactory:
             self._attributes_cache[key] = text
         return text
 
+    def fast_conversion(
+        self,
+        event_key: Any,
+        user_id: Any,
+        attributes: Any,
+        tags: Any,
+        attributes_json: str | None = None,
+    ) -> bytes | None:
+        """:meth:`conversion` for the common call, or ``None`` when the call is not one.
+
+        The common call: a known event key, an ASCII user id, plain dicts of known
+        attributes with plain values, and flat tags of strings, integers, booleans and
+        floats written without an exponent. Anything else returns ``None``, for
+        :meth:`conversion` to take it the general way (and refuse it when it must): so
+        the bytes are the same whichever way an event goes, and this path needs no error
+        handling. Flattened on purpose: it runs for nearly every ``track``.
+        """
+        if type(event_key) is not str or type(user_id) is not str or not user_id.isascii():
+            return None
+        head = self._event_heads.get(event_key)
+        if head is None:
+            return None
+        # The attributes, rendered inline: for the few that a call carries, cheaper than
+        # the cache's key (it pays off for the long sets of a user context).
+        if attributes_json is not None:
+            pass  # a user context's, rendered once
+        elif attributes is None or (type(attributes) is dict and not attributes):
+            attributes_json = self._no_attributes
+        elif type(attributes) is dict and len(attributes) <= 4:
+            heads = self._attribute_heads
+            parts = []
+            for name, value in attributes.items():
+                attribute_head = heads.get(name)
+                if attribute_head is None:
+                    return None  # unknown (logged) or not seen yet: the general way
+                kind = type(value)
+                if kind is str and value.isascii():
+                    parts.append(attribute_head + _json_str(value) + "}")
+                elif kind is bool:
+                    parts.append(attribute_head + ("true}" if value else "false}"))
+                elif kind is int and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER:
+                    parts.append(attribute_head + int.__repr__(value) + "}")
+                else:
+                    return None
+            if self._bot_filtering:
+                parts.append(self._bot_filtering)
+            attributes_json = "[" + ",".join(parts) + "]"
+        else:
+            return None
+        if tags is None:
+            extra = ""
+        elif type(tags) is dict:
+            for name, value in tags.items():
+                kind = type(value)
+                if type(name) is not str or not (
+                    kind is str
+                    or kind is int
+                    or kind is bool
+                    # Python writes 1e-05 where the compiled encoder writes 0.00001: floats
+                    # with an exponent (and NaN, which fails every comparison) go the
+                    # general way.
+                    or (kind is float and (1e-4 <= abs(value) < 1e16 or value == 0.0))
+                ):
+                    return None
+            try:
+                encoded = _compiled_json(tags)
+            except ValueError:  # a surrogate, which UTF-8 cannot hold: refused the general way
+                return None
+            # Non-ASCII (escaped the general way) and DEL (escaped by Python's encoder
+            # only) go the general way too.
+            if not encoded.isascii() or 127 in encoded:
+                return None
+            extra = ""
+            if "revenue" in tags:
+                revenue = tags["revenue"]
+                if type(revenue) is int:
+                    extra = f',"revenue":{revenue}'
+            if "value" in tags:
+                value = tags["value"]
+                kind = type(value)
+                if kind is float or (kind is int and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER):
+                    extra += ',"value":' + float.__repr__(float(value))
+                elif kind is not bool:
+                    return None  # a numeric string, a huge integer: value_of knows them
+            extra = f'{extra},"tags":{encoded.decode("ascii")}'
+        else:
+            return None
+        timestamp = time.time_ns() // 1_000_000
+        text = (
+            f'{{"visitor_id":{_json_str(user_id)},"attributes":{attributes_json},"snapshots":'
+            f'[{{"events":[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'
+        )
+        return text.encode("ascii")
+
     def conversion(
         self,
         event_key: str,
@@ -388,6 +365,8 @@ class EventFactory:
         attributes: Mapping[str, Any] | None,
         tags: Mapping[str, Any] | None,
         attributes_json: str | None = None,
+        *,
+        timestamp: int | None = None,
     ) -> bytes | None:
         """Serialize one conversion as a visitor.
 
@@ -398,6 +377,7 @@ class EventFactory:
             tags: The event tags, or ``None``.
             attributes_json: ``attributes`` already rendered by :meth:`attributes_json`
                 (a user context keeps it), or ``None``.
+            timestamp: The event's time in milliseconds since the epoch; ``None`` for now.
 
         Returns:
             The visitor as JSON bytes, or ``None`` when the event key is not in the
@@ -405,6 +385,7 @@ class EventFactory:
 
         Raises:
             InvalidTagsError: The tags cannot be sent as valid JSON.
+            InvalidInputError: The user id or an attribute is not valid Unicode.
         """
         head = self._event_heads.get(event_key)
         if head is None:
@@ -421,10 +402,12 @@ class EventFactory:
                 if value is not None:
                     extra += ',"value":' + float.__repr__(value)
             extra = f'{extra},"tags":{tags_json}'
-        # f-strings: a %-format with a %d costs twice as much, and this runs per event.
         visitor = _json_str(user_id)
+        if "\\ud" in visitor and not_unicode(user_id):
+            raise InvalidInputError("user_id", NOT_UNICODE)
         attributes_json = attributes_json or self.attributes_json(attributes)
-        timestamp = time.time_ns() // 1_000_000
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
         text = (
             f'{{"visitor_id":{visitor},"attributes":{attributes_json},"snapshots":[{{"events":'
             f'[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'
@@ -454,6 +437,9 @@ class EventFactory:
 
         Returns:
             The visitor as JSON bytes.
+
+        Raises:
+            InvalidInputError: The user id is not valid Unicode.
         """
         # By identity: entities are frozen pydantic models, slow to hash by value. The
         # cache holds them, so their ids cannot be reused while they are keys.
@@ -465,6 +451,8 @@ class EventFactory:
         else:
             fragment = self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
         visitor = _json_str(user_id)
+        if "\\ud" in visitor and not_unicode(user_id):
+            raise InvalidInputError("user_id", NOT_UNICODE)
         timestamp = time.time_ns() // 1_000_000
         text = (
             f'{{"visitor_id":{visitor},"attributes":{attributes_json},{fragment},'

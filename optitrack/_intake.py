@@ -17,11 +17,12 @@ from typing import Any, Final, NoReturn
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchQueue
-from ._events import EventFactory, InvalidTagsError
+from ._events import EventFactory, InvalidInputError, InvalidTagsError
 from ._exceptions import ClientStateError, TrackError
 from ._notifications import NotificationCenter, NotificationType, TrackNotification
 from ._refusals import Refusals
 from ._results import ACCEPTED, Reason, TrackResult
+from ._user import UserContext
 
 __all__ = ["CLOSED", "NEW", "NO_DATAFILE", "RUNNING", "Intake"]
 
@@ -36,6 +37,17 @@ _TRACK = NotificationType.TRACK
 ImpressionVariation = Callable[
     [str, Experiment | Holdout | None, Variation | None, str], Variation | None
 ]
+
+
+#: ``(event_key, user_id, attributes, tags, attributes_json)`` -> bytes, or ``None``
+#: to decline (see :meth:`EventFactory.fast_conversion`).
+FastConversion = Callable[[Any, Any, Any, Any, str | None], bytes | None]
+
+
+def _declined(
+    event_key: Any, user_id: Any, attributes: Any, tags: Any, attributes_json: str | None = None
+) -> None:
+    return None
 
 
 class Intake:
@@ -67,24 +79,40 @@ class Intake:
         strict: bool,
         impression_variation: ImpressionVariation,
     ) -> None:
-        self.state: str = NEW
+        self._state: str = NEW
+        #: ``EventFactory.fast_conversion`` while running, else a stand-in that always
+        #: declines: the common ``track`` takes one call to become bytes.
+        self.fast: FastConversion = _declined
         #: The identity of the thread whose event loop runs the client (set on entering).
         self.thread: int | None = None
         self.queue = queue
         self.refusals = Refusals()
         self._notifications = notifications
+        #: TRACK's listeners, live: while empty, an accepted event needs no notification.
+        self.track_listeners = notifications.listeners_of(_TRACK)
         self._strict = strict
         self._impression_variation = impression_variation
         self.use(config, endpoint)
+
+    @property
+    def state(self) -> str:
+        """``"new"``, ``"running"``, ``"no_datafile"`` or ``"closed"``."""
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+        self.fast = self.factory.fast_conversion if state == RUNNING else _declined
 
     def use(self, config: ProjectConfig, endpoint: str) -> None:
         """Make events for another datafile (or endpoint) from now on."""
         self.factory = EventFactory(config, endpoint, self._impression_variation)
         self.context = self.factory.context
+        self.state = self._state  # the fast path of the new factory
 
     def require_started(self, method: str) -> None:
         """Raise :class:`ClientStateError` when the client was never entered."""
-        if self.state == NEW:
+        if self._state == NEW:
             raise ClientStateError(f"{method}() needs a running client: use `async with client:`")
 
     def wrong_thread(self, method: str) -> NoReturn:
@@ -102,18 +130,31 @@ class Intake:
         user_id: Any,
         attributes: Any,
         event_tags: Any,
-        attributes_json: str | None = None,
+        user: UserContext | None = None,
+        *,
+        timestamp: int | None = None,
     ) -> bytes | TrackResult:
         """A conversion serialized, or the refusal of a call that cannot be tracked.
+
+        The general way, for every call :meth:`fast` declines: it checks everything and
+        says what is wrong.
+
+        Args:
+            event_key: The event key.
+            user_id: The user id.
+            attributes: The attributes.
+            event_tags: The event tags.
+            user: The user context the call comes from, which renders its attributes once.
+            timestamp: The event's own time in ms since the epoch; ``None`` for now.
 
         Raises:
             TrackError: The call is refused and the client is strict.
             ClientStateError: The client was never entered.
         """
-        if self.state != RUNNING:
-            if self.state == NEW:
+        if self._state != RUNNING:
+            if self._state == NEW:
                 raise ClientStateError("track() needs a running client: use `async with client:`")
-            if self.state == NO_DATAFILE:
+            if self._state == NO_DATAFILE:
                 return self.refused(
                     Reason.NO_DATAFILE, f"event {event_key!r} not tracked: no datafile yet"
                 )
@@ -130,19 +171,36 @@ class Intake:
             return self._invalid(
                 "event_tags", f"must be a mapping, not {type(event_tags).__name__}"
             )
+        factory = self.factory
         try:
-            data = self.factory.conversion(
-                event_key, user_id, attributes, event_tags, attributes_json
+            data = factory.conversion(
+                event_key,
+                user_id,
+                attributes,
+                event_tags,
+                None if user is None else user.wire_attributes(factory),
+                timestamp=timestamp,
             )
         except InvalidTagsError as exc:
             return self.refused(
                 Reason.INVALID_TAGS, f"event {event_key!r} not tracked: {exc}", key=event_key
             )
+        except InvalidInputError as exc:
+            return self._invalid(exc.argument, exc.problem)
         if data is None:
             return self.refused(
-                Reason.UNKNOWN_EVENT, f'Event "{event_key}" is not in datafile.', key=event_key
+                Reason.UNKNOWN_EVENT, f"Event {event_key!r} is not in datafile.", key=event_key
             )
         return data
+
+    def impression_refused(self, error: InvalidInputError) -> None:
+        """Count and log an impression that could not be built (its user id or
+        attributes are not sendable); the decision itself stands."""
+        self.refusals.refuse(
+            Reason.INVALID_INPUT,
+            f"impression not sent: {error.argument} {error.problem}",
+            "impression",
+        )
 
     def submitted(
         self,
@@ -181,7 +239,7 @@ class Intake:
         """Queue impressions (refusals are counted and logged, never raised)."""
         if get_ident() != self.thread:
             self.wrong_thread("decide")
-        if self.state != RUNNING:
+        if self._state != RUNNING:
             for _ in impressions:
                 self.refusals.refuse(Reason.CLOSED, "Impression not sent: the client is closed.")
             return

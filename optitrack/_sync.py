@@ -37,8 +37,9 @@ from ._exceptions import ClientStateError
 from ._handoff import Handoff
 from ._intake import Intake
 from ._loop_calls import LoopCalls
-from ._results import FlushResult, Reason, Statistics, TrackResult
+from ._results import ACCEPTED, FlushResult, Reason, Statistics, TrackResult
 from ._sync_user import SyncUserContext
+from ._user import UserContext
 
 __all__ = ["SyncClient"]
 
@@ -362,17 +363,28 @@ class SyncClient(SyncCalls):
         user_id: str,
         attributes: Mapping[str, Any] | None,
         event_tags: Mapping[str, Any] | None,
-        attributes_json: str | None,
+        user: UserContext | None,
     ) -> TrackResult:
         if self._state != _RUNNING:
             if self._state == _CLOSED:
                 return self._client._intake.refused(Reason.CLOSED, "the client is closed")
             self._ensure_running()
         intake = self._client._intake
-        data = intake.conversion(event_key, user_id, attributes, event_tags, attributes_json)
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
-        reason = self._offer(intake.context, data)
+        rendered = None if user is None else user.rendered_attributes(intake.factory)
+        data = None
+        if user is None or rendered is not None:
+            data = intake.fast(event_key, user_id, attributes, event_tags, rendered)
+        if data is None:
+            conversion = intake.conversion(event_key, user_id, attributes, event_tags, user)
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
+        if len(data) > self._max_event_bytes:  # _offer, inlined: this runs per event
+            reason: Reason | None = Reason.EVENT_TOO_LARGE
+        else:
+            reason = self._handoff.offer(intake.context, data)
+        if reason is None and not intake.track_listeners:
+            return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
     @property

@@ -38,9 +38,9 @@ class SyncBackend(Protocol):
         user_id: str,
         attributes: Mapping[str, Any] | None,
         event_tags: Mapping[str, Any] | None,
-        attributes_json: str | None,
+        user: UserContext | None,
     ) -> TrackResult:
-        """Track, with attributes already rendered."""
+        """Track, for a user context (which renders its attributes once) or none."""
         ...
 
     def _queue_impressions(self, impressions: Iterable[bytes]) -> None:
@@ -93,8 +93,7 @@ class SyncUserContext:
         """
         client, user = self._client, self._user
         client._ensure_running()
-        rendered = user.wire_attributes(client._intake.factory)
-        return client._track(event_key, user.user_id, user._attributes, event_tags, rendered)
+        return client._track(event_key, user.user_id, user._attributes, event_tags, user)
 
     def decide(self, key: str, options: Iterable[DecideOption | str] | None = None) -> Decision:
         """Decide one flag, and send the impression it calls for (see :meth:`UserContext.decide`).

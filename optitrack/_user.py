@@ -200,6 +200,9 @@ class UserContext:
 
         Returns:
             The ``attributes`` array as JSON text.
+
+        Raises:
+            InvalidInputError: An attribute's value is not valid Unicode (from ``_events``).
         """
         cached = self._wire_attributes
         if cached is not None and cached[0] is renderer:
@@ -207,6 +210,11 @@ class UserContext:
         text = renderer.attributes_json(self._attributes)
         self._wire_attributes = (renderer, text)
         return text
+
+    def rendered_attributes(self, renderer: RendersAttributes) -> str | None:
+        """The attributes :meth:`wire_attributes` rendered for ``renderer``, or ``None``."""
+        cached = self._wire_attributes
+        return cached[1] if cached is not None and cached[0] is renderer else None
 
     @property
     def attributes(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ async def test_unknown_event_is_logged_and_not_sent(
         result = await client.track("nope", "u")
         assert not result
         assert result.reason is Reason.UNKNOWN_EVENT
-        assert result.message == 'Event "nope" is not in datafile.'
+        assert result.message == "Event 'nope' is not in datafile."
         await client.flush()
         stats = client.statistics()
     assert api.request_count == 0
@@ -70,7 +70,7 @@ async def test_unknown_event_is_logged_and_not_sent(
     assert stats.refused == {"unknown_event": 1}
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.name for r in errors] == ["optitrack"]
-    assert 'Event "nope" is not in datafile.' in errors[0].getMessage()
+    assert "Event 'nope' is not in datafile." in errors[0].getMessage()
 
 
 @pytest.mark.parametrize(

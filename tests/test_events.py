@@ -58,7 +58,7 @@ def test_conversion_equals_the_optimizely_fixture(
     assert body["client_name"] == "optitrack"
     # unknown_attr is logged; bad and ratio are dropped silently.
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == ['Attribute "unknown_attr" is not in datafile.']
+    assert errors == ["Attribute 'unknown_attr' is not in datafile."]
 
 
 def test_body_is_compact_ascii_json(factory: EventFactory) -> None:
@@ -248,7 +248,7 @@ def test_attribute_keys(factory: EventFactory, caplog: pytest.LogCaptureFixture)
         "type": "custom",
         "value": False,
     }
-    assert 'Attribute "nope" is not in datafile.' in caplog.text
+    assert "Attribute 'nope' is not in datafile." in caplog.text
 
 
 @pytest.mark.parametrize(("bot_filtering", "expected"), [(True, [True]), (None, [])])

@@ -55,10 +55,29 @@ async def test_each_bad_event_key_and_argument_is_logged(
         await client.track("purchase", "u", {"nope_too": 1})
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [
-        *(f'Event "unknown-{n}" is not in datafile.' for n in range(5)),
+        *(f"Event 'unknown-{n}' is not in datafile." for n in range(5)),
         "track() refused: user_id must be a str, not NoneType",
         "track() refused: attributes must be a mapping, not list",
         "track() refused: event_tags must be a mapping, not list",
-        'Attribute "nope" is not in datafile.',
-        'Attribute "nope_too" is not in datafile.',
+        "Attribute 'nope' is not in datafile.",
+        "Attribute 'nope_too' is not in datafile.",
     ]
+
+
+async def test_refusal_logs_carry_no_tag_value_and_no_raw_key(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Secret:
+        def __repr__(self) -> str:
+            return "SECRET-TOKEN"
+
+    async with asgi_client(EventsAPI(), datafile) as client:
+        await client.track("purchase", "u", None, {"card": Secret()})
+        await client.track("purchase", "u", None, {"k": [float("nan"), "SECRET-TOKEN"]})
+        await client.track("unknown\nERROR forged line", "u")
+        await client.track("purchase", "u", {"bad\nkey": 1})
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert lines
+    assert not any("SECRET-TOKEN" in line for line in lines), lines
+    assert not any("\n" in line for line in lines), lines
+    assert "Event 'unknown\\nERROR forged line' is not in datafile." in lines

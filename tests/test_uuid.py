@@ -39,9 +39,14 @@ def test_uuid_stream_is_reseeded_in_a_forked_child() -> None:
 def test_a_new_uuid_stream_starts_before_the_counter_runs_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_uuid, "_uuid_count", itertools.count(_uuid._UUID_COUNTER_END - 1).__next__)
-    last = new_uuid()
+    # The counter's last block: its ids, then a new stream.
+    last_block = _uuid._UUID_COUNTER_END // _uuid._BLOCK - 1
+    monkeypatch.setattr(_uuid, "_uuid_block", itertools.count(last_block).__next__)
+    _uuid._spare.clear()
+    ids = [new_uuid() for _ in range(_uuid._BLOCK)]
+    last = ids[-1]
     fresh = new_uuid()
+    assert ids[0].endswith("-ffffffffff00")
     assert last.endswith("-ffffffffffff")
     assert fresh[:24] != last[:24]  # another random part
     assert int(fresh[24:], 16) < _uuid._UUID_COUNTER_END // 2
@@ -64,3 +69,24 @@ def test_importing_draws_no_uuid_stream() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert out == ["''", "True"]
+
+
+def test_threads_taking_ids_at_once_never_share_one() -> None:
+    # Ids are made a block at a time: threads that refill at the same moment must not
+    # hand out the same id (the sync client serializes in its callers' threads).
+    import threading
+
+    results: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(len(results))
+
+    def take(out: list[str]) -> None:
+        start.wait()
+        out.extend(new_uuid() for _ in range(50_000))
+
+    threads = [threading.Thread(target=take, args=(out,)) for out in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for out in results for i in out]
+    assert len(set(every)) == len(every) == 200_000

@@ -24,6 +24,7 @@ from ._decisions import (
     RuleType,
     UserInput,
     UserProfile,
+    Variation,
     VariationDecision,
 )
 from ._events import InvalidInputError
@@ -40,6 +41,7 @@ from ._user import DecideOption, Decision, UserContext, Variables
 __all__ = ["Decider"]
 
 _NO_VARIABLES = Variables()
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 # Enum members as module constants: the hot paths compare them, and a module global is
 # several times cheaper to read than a class attribute of an enum.
 _EXPERIMENT, _FEATURE_TEST = RuleType.EXPERIMENT, RuleType.FEATURE_TEST
@@ -81,6 +83,9 @@ class Decider(ClassicDecisions):
         self._strict = strict
         self._inputs = Inputs(engine.config, strict)
         self.options = DecideOptions(default_options, self._inputs.invalid)
+        # (flag, variation) by identity -> their variables, when every value is immutable:
+        # read-only, so decisions can share them. Emptied with each new datafile.
+        self._variables: dict[tuple[int, int], Variables] = {}
 
     @property
     def config(self) -> ProjectConfig:
@@ -91,6 +96,7 @@ class Decider(ClassicDecisions):
         """Decide with a new datafile from now on (forced variations are kept)."""
         self.engine.update_config(config)
         self._config = self._inputs.config = config
+        self._variables = {}
         self.ready = True
 
     # -- decide ----------------------------------------------------------------------
@@ -254,7 +260,7 @@ class Decider(ClassicDecisions):
                 dispatched = True
         variables: Mapping[str, Any] = _NO_VARIABLES
         if flag.variables and choices.with_variables:
-            variables = Variables(self.engine.all_variables(flag, variation))
+            variables = self._variables_of(flag, variation)
         result = Decision(
             variation.key if variation is not None else None,
             enabled,
@@ -300,6 +306,18 @@ class Decider(ClassicDecisions):
         self._usable("decide")
         reason = "No datafile yet (no_datafile): the flag cannot be decided."
         return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
+
+    def _variables_of(self, flag: FeatureFlag, variation: Variation | None) -> Variables:
+        key = (id(flag), id(variation))
+        variables = self._variables.get(key)
+        if variables is None:
+            variables = Variables(self.engine.all_variables(flag, variation))
+            # JSON variables are dicts and lists a caller may change: never shared.
+            if len(self._variables) < 10_000 and all(
+                type(value) in _IMMUTABLE for value in variables.values()
+            ):
+                self._variables[key] = variables
+        return variables
 
     def _impression(
         self,

@@ -833,3 +833,21 @@ async def test_variables_serialize_as_optimizely_sdks_and_stay_read_only(
         decision.variables["x"] = 1
     with pytest.raises(TypeError, match="read-only"):
         decision.variables.update(x=1)
+
+
+async def test_json_variables_are_the_callers_own_and_the_rest_stay_put(
+    datafile: dict[str, Any],
+) -> None:
+    # Decisions may share their read-only variables, but never a JSON variable's dict:
+    # a caller changing it must not change what the next decision says.
+    datafile = with_variables(datafile)
+    async with asgi_client(EventsAPI(), datafile) as client:
+        user = client.create_user_context("user_1", PRO)
+        first = await user.decide("new_checkout", [DecideOption.DISABLE_DECISION_EVENT])
+        first.variables["config"]["a"] = "changed"
+        first.variables["config"]["b"].append(2)
+        second = await user.decide("new_checkout", [DecideOption.DISABLE_DECISION_EVENT])
+        with pytest.raises(TypeError, match="read-only"):
+            second.variables["title"] = "x"  # type: ignore[index]
+    assert second.variables["config"] == {"a": 2, "b": [1]}
+    assert second.variables["title"] == "Hi"

@@ -153,6 +153,9 @@ class EventFactory:
                 '"type":"custom","value":%s}' % ("true" if config.bot_filtering else "false")
             )
         self._no_attributes = "[" + self._bot_filtering + "]"
+        self._bot_suffix = "," + self._bot_filtering if self._bot_filtering else ""
+        # (attribute key, string value) -> ',{...}': the fast path's rendered attributes.
+        self._string_parts: dict[tuple[str, str], str] = {}
 
     def _impression_fragment(
         self,
@@ -293,24 +296,35 @@ class EventFactory:
         elif attributes is None or (type(attributes) is dict and not attributes):
             attributes_json = self._no_attributes
         elif type(attributes) is dict and len(attributes) <= 4:
-            heads = self._attribute_heads
-            parts = []
-            for name, value in attributes.items():
-                attribute_head = heads.get(name)
-                if attribute_head is None:
-                    return None  # unknown (logged) or not seen yet: the general way
+            # Each (key, string value) pair's JSON is kept: plans, countries, versions
+            # recur. Only exact strings are kept, and a str never equals another type.
+            parts = self._string_parts
+            text = ""
+            for item in attributes.items():
+                name, value = item
                 kind = type(value)
-                if kind is str and value.isascii():
-                    parts.append(attribute_head + _json_str(value) + "}")
-                elif kind is bool:
-                    parts.append(attribute_head + ("true}" if value else "false}"))
+                if kind is str:
+                    part = parts.get(item)
+                    if part is None:
+                        attribute_head = self._attribute_heads.get(name)
+                        if attribute_head is None or not value.isascii():
+                            return None  # unknown (logged), not seen yet, or non-ASCII
+                        part = "," + attribute_head + _json_str(value) + "}"
+                        if len(parts) >= 4096:  # bounded: values come from users
+                            parts.clear()
+                        parts[item] = part
+                    text += part
+                    continue
+                attribute_head = self._attribute_heads.get(name)
+                if attribute_head is None:
+                    return None
+                if kind is bool:
+                    text += "," + attribute_head + ("true}" if value else "false}")
                 elif kind is int and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER:
-                    parts.append(attribute_head + int.__repr__(value) + "}")
+                    text += "," + attribute_head + int.__repr__(value) + "}"
                 else:
                     return None
-            if self._bot_filtering:
-                parts.append(self._bot_filtering)
-            attributes_json = "[" + ",".join(parts) + "]"
+            attributes_json = "[" + text[1:] + self._bot_suffix + "]"
         else:
             return None
         if tags is None:

@@ -266,11 +266,13 @@ class Sender:
                     # leaves the connection reusable. Past the cap, or when a success's
                     # body is slow, the connection is closed on exit rather than drained.
                     wait = timeout if status >= 300 else SUCCESS_BODY_WAIT
-                    with anyio.move_on_after(wait):
+                    with anyio.move_on_after(wait) as reading:
                         async for chunk in response.aiter_raw():
-                            excerpt += chunk
+                            excerpt += chunk[: RESPONSE_READ_CAP - len(excerpt)]
                             if len(excerpt) >= RESPONSE_READ_CAP:
-                                break
+                                # Cancelled, not left by ``break``: the stream's
+                                # generators end now, and the connection is closed.
+                                reading.cancel()
             except httpx.TimeoutException:
                 if status is None:
                     return None, "timeout", None, None

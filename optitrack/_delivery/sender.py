@@ -139,7 +139,8 @@ class Sender:
 
             if status is not None and 200 <= status < 300:
                 self._on_success()
-                if refused is not None and len(body) >= refused:
+                learned = self._refused_size.get(endpoint)
+                if learned is not None and len(body) >= learned:
                     del self._refused_size[endpoint]  # the limit was raised
                 self._log_event(part, headers, body, duration, "delivered", status)
                 return None
@@ -147,8 +148,8 @@ class Sender:
                 # Too large: later bodies for the endpoint are kept under this size.
                 # Halving for size is not charged to the split budget, so an event that
                 # fits alone is delivered; only one refused alone is dropped.
-                self._refused_size[endpoint] = min(len(body), refused or len(body))
-                refused = self._refused_size[endpoint]
+                learned = self._refused_size.get(endpoint, len(body))
+                self._refused_size[endpoint] = min(len(body), learned)
                 if count > 1:
                     self._log_event(part, headers, body, duration, "split", status)
                     return part.split(charge=False)

@@ -113,10 +113,16 @@ class Part:
         self.started: float | None = None
         self.done = False  # accounted for, or replaced by its halves
 
-    def split(self) -> tuple[Part, Part]:
-        """Two halves, in order, that share what is left of the batch's splits."""
+    def split(self, *, charge: bool = True) -> tuple[Part, Part]:
+        """Two halves, in order, that share what is left of the batch's splits.
+
+        Args:
+            charge: Whether this split counts against the batch's splits (a split for
+                size, which ends once each piece fits, does not).
+        """
         half = len(self.items) // 2
-        self.splits[0] -= 1
+        if charge:
+            self.splits[0] -= 1
         return (
             Part(self.ctx, self.items[:half], self.first_seq, self.splits),
             Part(self.ctx, self.items[half:], self.first_seq + half, self.splits),

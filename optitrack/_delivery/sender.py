@@ -28,11 +28,20 @@ from .._version import __version__
 from .batch import Part
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 
-__all__ = ["GZIP_IN_THREAD_BYTES", "Outcome", "Sender"]
+__all__ = ["GZIP_IN_THREAD_BYTES", "RESPONSE_READ_CAP", "Outcome", "Sender"]
 
 
 #: Bodies at least this large are compressed in a worker thread, off the event loop.
 GZIP_IN_THREAD_BYTES = 64 * 1024
+
+#: The most of an answer's body read (for the DEBUG log); the rest is never read.
+RESPONSE_READ_CAP = 64 * 1024
+
+#: How long a 2xx answer's body is waited for, at most: it changes nothing.
+SUCCESS_BODY_WAIT = 0.5
+
+#: The most of an answer's body logged (at DEBUG).
+RESPONSE_LOG_CAP = 500
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ATTEMPT_HEADER = "X-Optitrack-Attempt"
@@ -83,6 +92,9 @@ class Sender:
         # Retry-After pauses, by endpoint, on the loop's clock.
         self._resume_at: dict[str, float] = {}
         self._throttled = Throttled()
+        # The smallest body size answered 413, by endpoint: bodies this large are split
+        # before they are sent.
+        self._refused_size: dict[str, int] = {}
 
     def attach(self, http_client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
         """Send with ``http_client`` (never closed here), and time with ``clock``."""
@@ -106,6 +118,11 @@ class Sender:
         """
         retry = self._retry
         body = await self._body(part)
+        endpoint = part.ctx.endpoint
+        refused = self._refused_size.get(endpoint)
+        if refused is not None and len(body) >= refused and len(part.items) > 1:
+            # As large as a body the endpoint refused: halves, without asking again.
+            return part.split(charge=False)
         while True:
             if part.started is None:
                 part.started = self._now()
@@ -122,20 +139,26 @@ class Sender:
 
             if status is not None and 200 <= status < 300:
                 self._on_success()
+                learned = self._refused_size.get(endpoint)
+                if learned is not None and len(body) >= learned:
+                    del self._refused_size[endpoint]  # the limit was raised
                 self._log_event(part, headers, body, duration, "delivered", status)
                 return None
-            if status in (400, 413) and count > 1 and part.splits[0] > 0:
+            if status == 413:
+                # Too large: later bodies for the endpoint are kept under this size.
+                # Halving for size is not charged to the split budget, so an event that
+                # fits alone is delivered; only one refused alone is dropped.
+                learned = self._refused_size.get(endpoint, len(body))
+                self._refused_size[endpoint] = min(len(body), learned)
+                if count > 1:
+                    self._log_event(part, headers, body, duration, "split", status)
+                    return part.split(charge=False)
+            if status == 400 and count > 1 and part.splits[0] > 0:
                 self._log_event(part, headers, body, duration, "split", status)
                 return part.split()
             if status is not None and not is_retryable_status(status):
                 self._log_event(part, headers, body, duration, "dropped", status)
-                self._throttled.warning(
-                    f"http_{status}",
-                    "Events API answered %d: dropped %d event(s). Response: %r",
-                    status,
-                    count,
-                    error,
-                )
+                self._log_dropped(status, count, error)
                 return f"http_{status}"
 
             self._on_failure()
@@ -197,41 +220,100 @@ class Sender:
     async def _attempt(
         self, part: Part, body: bytes, headers: dict[str, str]
     ) -> tuple[int | None, str | None, float | None]:
-        """One request. Returns (status, error or response excerpt, Retry-After)."""
+        """One request, and at most one 307/308 redirect of it.
+
+        Returns (status, error or response excerpt, Retry-After). A status counts as soon
+        as the status line is in: the body is read only up to :data:`RESPONSE_READ_CAP`
+        bytes (for the DEBUG log), and a longer or slower one is cut off by closing the
+        connection, never waited for.
+        """
         self.requests += 1
         if part.attempts > 1:
             self.retries += 1
         self.bytes_sent += len(body)
+        url = part.ctx.endpoint
+        status, error, retry_after, location = await self._post(url, body, headers)
+        if status in (307, 308):
+            target = _redirect_target(url, location)
+            if target is None:
+                return status, f"redirect to {location!r} not followed", None
+            self.requests += 1
+            self.bytes_sent += len(body)
+            status, error, retry_after, location = await self._post(target, body, headers)
+            if status in (307, 308):
+                return status, "redirected twice: not followed", None
+        return status, error, retry_after
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, str | None, float | None, str | None]:
+        """One POST: (status, error or excerpt, Retry-After, Location)."""
         timeout = self._retry.attempt_timeout
         assert self._http is not None
-        response = None
+        status: int | None = None
+        excerpt = bytearray()
+        retry_after = None
+        location = None
         with anyio.move_on_after(timeout):
             try:
-                response = await self._http.post(
-                    part.ctx.endpoint, content=body, headers=headers, timeout=timeout
-                )
+                async with self._http.stream(
+                    "POST", url, content=body, headers=headers, timeout=timeout
+                ) as response:
+                    status = response.status_code
+                    if is_retryable_status(status):
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    location = response.headers.get("Location")
+                    # Read a little of the answer: for the log, and so that a short one
+                    # leaves the connection reusable. Past the cap, or when a success's
+                    # body is slow, the connection is closed on exit rather than drained.
+                    wait = timeout if status >= 300 else SUCCESS_BODY_WAIT
+                    with anyio.move_on_after(wait) as reading:
+                        async for chunk in response.aiter_raw():
+                            excerpt += chunk[: RESPONSE_READ_CAP - len(excerpt)]
+                            if len(excerpt) >= RESPONSE_READ_CAP:
+                                # Cancelled, not left by ``break``: the stream's
+                                # generators end now, and the connection is closed.
+                                reading.cancel()
             except httpx.TimeoutException:
-                return None, "timeout", None
+                if status is None:
+                    return None, "timeout", None, None
             except httpx.HTTPError as exc:
-                return None, type(exc).__name__, None
+                if status is None:
+                    return None, type(exc).__name__, None, None
             except Exception as exc:
-                # Not a network failure (a closed or misconfigured http_client, a bug
-                # below us): a failed attempt all the same, and never the worker's end.
-                self._throttled.log(
-                    logging.ERROR,
-                    "unexpected",
-                    "Sending to the Events API raised %r; counted as a failed attempt.",
-                    exc,
-                )
-                return None, type(exc).__name__, None
-        if response is None:
-            return None, "timeout", None
-        status = response.status_code
-        excerpt = response.content[:200].decode("utf-8", "replace") if status >= 300 else None
-        retry_after = None
-        if is_retryable_status(status):
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return status, excerpt, retry_after
+                if status is None:
+                    # Not a network failure (a closed or misconfigured http_client, a
+                    # bug below us): a failed attempt all the same, and never the
+                    # worker's end.
+                    self._throttled.log(
+                        logging.ERROR,
+                        "unexpected",
+                        "Sending to the Events API raised %r; counted as a failed attempt.",
+                        exc,
+                    )
+                    return None, type(exc).__name__, None, None
+        if status is None:
+            return None, "timeout", None, None
+        text = None
+        if status >= 300:
+            text = bytes(excerpt[:RESPONSE_READ_CAP]).decode("utf-8", "replace")
+        return status, text, retry_after, location
+
+    def _log_dropped(self, status: int, count: int, answer: str | None) -> None:
+        # The answer's body may echo the events: DEBUG only, and capped.
+        if 300 <= status < 400:
+            why = "a redirect; only 307 and 308 to an http(s) URL are followed, once"
+        else:
+            why = httpx.codes.get_reason_phrase(status) or "refused"
+        self._throttled.warning(
+            f"http_{status}",
+            "Events API answered %d (%s): dropped %d event(s).",
+            status,
+            why,
+            count,
+        )
+        if answer:
+            logger.debug("Events API answer %d, body: %r", status, answer[:RESPONSE_LOG_CAP])
 
     def _on_success(self) -> None:
         self._failures = 0
@@ -278,6 +360,19 @@ class Sender:
                     duration=duration,
                 ),
             )
+
+
+def _redirect_target(url: str, location: str | None) -> str | None:
+    """Where a 307/308 from ``url`` leads, resolved; ``None`` unless http(s)."""
+    if not location:
+        return None
+    try:
+        target = httpx.URL(url).join(location)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    if target.scheme not in ("http", "https") or not target.host:
+        return None
+    return str(target)
 
 
 def _gzip(body: bytes) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -44,12 +45,25 @@ class Server:
         host: The address it listens on.
         port: The port it listens on.
         connections: How many connections it accepted so far.
+        idle_timeout: Seconds a kept-alive connection may wait for its next request.
+        read_timeout: Seconds each read of a request's head or body may take.
+        timeouts: Connections closed by a timeout so far.
     """
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        idle_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.connections = 0
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
+        self.timeouts = 0
         self._app = app
 
     @property
@@ -72,6 +86,9 @@ class Server:
             connection = _Connection(self, stream)
             try:
                 await connection.run()
+            except _TimedOut as exc:
+                self.timeouts += 1
+                logger.debug("closing a connection: %s", exc)
             except SimulatedReset:
                 raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -84,6 +101,10 @@ class Server:
 
 
 class _Disconnected(Exception):
+    pass
+
+
+class _TimedOut(Exception):
     pass
 
 
@@ -106,10 +127,18 @@ class _Connection:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            try:
-                data = await self.stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+            # Waiting for the next request on a kept-alive connection: the idle timeout;
+            # reading a request's head or body: the read timeout.
+            idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
+            timeout = self.server.idle_timeout if idle else self.server.read_timeout
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                try:
+                    data = await self.stream.receive(_RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    data = b""
+            if scope.cancelled_caught:
+                what = "idle" if idle else "reading a request"
+                raise _TimedOut(f"{what} for more than {timeout} s")
             self.conn.receive_data(data)
 
     async def run(self) -> None:
@@ -254,7 +283,15 @@ def _check_loopback(host: str) -> str:
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
+async def serve(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    idle_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> AsyncIterator[Server]:
     """Serve an ASGI app over HTTP/1.1 on a loopback address, in the caller's event loop.
 
     Works on asyncio and Trio. Connections are kept alive between requests. On exit, the
@@ -265,20 +302,31 @@ async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> Asyn
         app: The ASGI 3 app, e.g. an :class:`EventsAPI`.
         host: A loopback address to listen on.
         port: The port; 0 picks a free one (see :attr:`Server.port`).
+        allow_remote: Allow any address (e.g. ``0.0.0.0``), for the collector: give the
+            app a token then.
+        idle_timeout: Close a kept-alive connection that sends no new request for this
+            many seconds (``None``: never; a :class:`Hang` is not affected).
+        read_timeout: Close a connection when one read of a request's head or body waits
+            this long (``None``: never).
 
     Yields:
         The running server; post events to :attr:`Server.url`.
 
     Raises:
-        ValueError: ``host`` is not a loopback address.
+        ValueError: ``host`` is not a loopback address (without ``allow_remote``), or a
+            timeout is not positive.
         OSError: The address cannot be bound.
     """
-    host = _check_loopback(host)
+    for name, timeout in (("idle_timeout", idle_timeout), ("read_timeout", read_timeout)):
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"{name} ({timeout}) must be > 0")
+    if not allow_remote:
+        host = _check_loopback(host)
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     try:
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         assert isinstance(sockname, tuple)
-        server = Server(app, host, int(sockname[1]))
+        server = Server(app, host, int(sockname[1]), idle_timeout, read_timeout)
         with unwrap_single_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(listener.serve, server._handle, tg)

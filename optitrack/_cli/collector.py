@@ -156,7 +156,10 @@ async def collector(
     from ..testing import EventsAPI, serve
 
     api = EventsAPI(validate=validate, record=False, db=db, token=token, datafile=datafile)
+    assert api.store is not None
     try:
+        stored = await anyio.to_thread.run_sync(api.store.count)
+        print(f"database: {db} ({stored:,} events stored)", file=out, flush=True)
         async with serve(
             api,
             host=host,
@@ -165,13 +168,9 @@ async def collector(
             idle_timeout=idle_timeout,
             read_timeout=read_timeout,
         ) as server:
-            assert api.store is not None
-            stored = await anyio.to_thread.run_sync(api.store.count)
             print(f"listening on {server.base_url}: POST {server.url}", file=out, flush=True)
-            print(f"database: {db} ({stored:,} events stored)", file=out)
             print(f"results: {server.base_url}/ (JSON: {server.base_url}/v1/results)", file=out)
             print("Ctrl-C to stop.", file=out, flush=True)
             await anyio.sleep_forever()
     finally:
-        assert api.store is not None
         api.store.close()

@@ -105,16 +105,9 @@ def compute_results(tables: Tables, datafile: Mapping[str, Any] | None = None) -
         }
         experiment["variations"].append(arm)
         arms[experiment_id, variation_id] = arm
-    for (
-        experiment_id,
-        variation_id,
-        key,
-        unique,
-        total,
-        revenue,
-        squares,
-        value,
-    ) in tables.conversions:
+    for experiment_id, variation_id, squares in tables.squares:
+        arms[experiment_id, variation_id]["_squares"] = squares
+    for experiment_id, variation_id, key, unique, total, revenue, value in tables.conversions:
         arm = arms[experiment_id, variation_id]
         arm["conversions"][key] = {
             "unique": unique,
@@ -125,7 +118,6 @@ def compute_results(tables: Tables, datafile: Mapping[str, Any] | None = None) -
         }
         arm["revenue"] += revenue
         arm["value"] += value
-        arm["_squares"] += squares
 
     def rank(arm: dict[str, Any]) -> tuple[int, int, str, str]:
         vid = arm["variation_id"]

@@ -89,6 +89,8 @@ class Server:
             except _TimedOut as exc:
                 self.timeouts += 1
                 logger.debug("closing a connection: %s", exc)
+                with contextlib.suppress(h11.ProtocolError, *_GONE):
+                    await connection.time_out()
             except SimulatedReset:
                 raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -240,7 +242,7 @@ class _Connection:
 
         try:
             await self.server._app(scope, receive, send)
-        except (SimulatedReset, anyio.get_cancelled_exc_class()):
+        except (SimulatedReset, _TimedOut, anyio.get_cancelled_exc_class()):
             raise
         except _Disconnected:
             return False
@@ -256,6 +258,13 @@ class _Connection:
                 await self._fail()
             return False
         return True
+
+    async def time_out(self) -> None:
+        # A request's body came too slowly: 408, then close. Mid-head, or idle: just close.
+        if self.conn.our_state is h11.SEND_RESPONSE:
+            headers = [(b"content-length", b"0"), (b"connection", b"close")]
+            response = h11.Response(status_code=408, headers=headers)
+            await self.stream.send(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
 
     async def refuse_malformed(self) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):

@@ -79,9 +79,26 @@ _CONVERSIONS = (
       ON c.visitor_id = f.visitor_id AND c.impression = 0 AND c.timestamp >= f.timestamp
     GROUP BY f.experiment_id, f.variation_id, c.key, c.visitor_id
 )
-SELECT experiment_id, variation_id, key, COUNT(*), SUM(total),
-       SUM(revenue), SUM(revenue * revenue), SUM(value)
+SELECT experiment_id, variation_id, key, COUNT(*), SUM(total), SUM(revenue), SUM(value)
 FROM counted GROUP BY experiment_id, variation_id, key
+"""
+)
+
+# Per variation: the sum of each visitor's revenue squared (all event keys together), for
+# the variance of revenue per visitor.
+_SQUARES = (
+    _FIRSTS
+    + """
+, per_visitor AS (
+    SELECT f.experiment_id, f.variation_id, SUM(c.revenue) AS revenue
+    FROM firsts AS f
+    JOIN events AS c
+      ON c.visitor_id = f.visitor_id AND c.impression = 0 AND c.timestamp >= f.timestamp
+    WHERE c.revenue IS NOT NULL
+    GROUP BY f.experiment_id, f.variation_id, c.visitor_id
+)
+SELECT experiment_id, variation_id, SUM(revenue * revenue)
+FROM per_visitor GROUP BY experiment_id, variation_id
 """
 )
 
@@ -118,12 +135,14 @@ class Tables:
         visitors: ``(experiment_id, experiment_key, variation_id, variation_key,
             visitors)`` rows.
         conversions: ``(experiment_id, variation_id, event_key, unique, total, revenue,
-            revenue_squares, value)`` rows; ``revenue_squares`` sums each converter's
-            revenue squared, for the variance of revenue per visitor.
+            value)`` rows.
+        squares: ``(experiment_id, variation_id, revenue_squares)`` rows: the sum of each
+            visitor's revenue squared, for the variance of revenue per visitor.
     """
 
     visitors: list[tuple[str, str, str, str, int]]
-    conversions: list[tuple[str, str, str, int, int, int, int, float]]
+    conversions: list[tuple[str, str, str, int, int, int, float]]
+    squares: list[tuple[str, str, int]]
 
 
 def rows_from_body(content: bytes) -> list[EventRow]:
@@ -242,7 +261,8 @@ class EventStore:
         with self._lock:
             visitors = self._db.execute(_VISITORS).fetchall()
             conversions = self._db.execute(_CONVERSIONS).fetchall()
-        return Tables(visitors=visitors, conversions=conversions)
+            squares = self._db.execute(_SQUARES).fetchall()
+        return Tables(visitors=visitors, conversions=conversions, squares=squares)
 
     def close(self) -> None:
         """Close the database."""

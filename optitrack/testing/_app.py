@@ -39,7 +39,7 @@ from ._faults import Fault, FaultPlan, Respond, When
 from ._html import render_html, render_results_html
 from ._requests import MAX_BODY_SIZE, ReceivedRequest, Seen, decode_body, read_request
 from ._results import compute_results
-from ._store import EventStore, rows_from_body
+from ._store import EventRow, EventStore, NotJSONError, rows_from_body
 from ._tallies import (
     BatchError,
     EventsAPIStatistics,
@@ -154,7 +154,10 @@ class EventsAPI(FaultControls, WaitControls):
     # Faults: inject, fail_all, fail_when, heal, pending_faults (FaultControls) ----------
 
     def reset(self) -> None:
-        """Forget everything received: requests, counters and uuids. Faults stay."""
+        """Forget everything received: requests, counters and uuids. Faults stay.
+
+        The database, when there is one, keeps its events (and so its uuids).
+        """
         with self._lock:
             self._requests = []
             self._tallies = Tallies(index=self.store is None)
@@ -380,9 +383,15 @@ class EventsAPI(FaultControls, WaitControls):
 
         tallies: Iterable[Tally] = ()
         uuids: list[bytes] = []
+        rows: list[EventRow] | None = None
         try:
             if self.validate:
                 tallies = tally_batch(validate_batch(content))
+                if self.store is not None:
+                    rows = _rows(content)
+            elif self.store is not None:  # one parse for both
+                rows = _rows(content)
+                tallies = [_tally(row) for row in rows]
             elif self.parse:
                 tallies = parse_tallies(content)
             else:
@@ -394,14 +403,7 @@ class EventsAPI(FaultControls, WaitControls):
 
         status = override.status if override is not None else 204
         duplicates = 0
-        if self.store is not None and 200 <= status < 300:
-            try:
-                rows = rows_from_body(content)
-            except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-                message = f"invalid batch: {exc!r}"
-                self._record(seen, content, 400, error=message, fault=applied)
-                await refuse(send, Refusal(400, "invalid_batch", message))
-                return
+        if self.store is not None and rows is not None and 200 <= status < 300:
             new = await anyio.to_thread.run_sync(self.store.add, rows)
             duplicates = len(rows) - new
         self._record(
@@ -464,3 +466,17 @@ class EventsAPI(FaultControls, WaitControls):
                 self._tallies.count_batch(tallies, uuids)
                 self._tallies.duplicate_count += duplicates
             self._waiters.check()
+
+
+def _rows(content: bytes) -> list[EventRow]:
+    try:
+        return rows_from_body(content)
+    except NotJSONError as exc:
+        raise BatchError("invalid_json", f"body is not JSON: {exc}") from exc
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise BatchError("invalid_batch", f"invalid batch: {exc!r}") from exc
+
+
+def _tally(row: EventRow) -> Tally:
+    arms = [(d[2], d[4]) for d in row.decisions]
+    return row.visitor_id, row.uuid, row.key, row.revenue, arms

@@ -17,8 +17,9 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["EventRow", "EventStore", "Tables", "rows_from_body"]
+__all__ = ["EventRow", "EventStore", "NotJSONError", "Tables", "rows_from_body"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -155,10 +156,15 @@ def rows_from_body(content: bytes) -> list[EventRow]:
         One row per visitor entry, in order.
 
     Raises:
+        NotJSONError: The body is not JSON (``NaN`` and infinities included).
         KeyError, TypeError, IndexError, ValueError: The body lacks what is stored.
     """
+    try:
+        data = json.loads(content, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN and infinities
+        raise NotJSONError(str(exc)) from exc
     rows = []
-    for visitor in json.loads(content)["visitors"]:
+    for visitor in data["visitors"]:
         snapshot = visitor["snapshots"][0]
         event = snapshot["events"][0]
         revenue = event.get("revenue")
@@ -185,6 +191,14 @@ def rows_from_body(content: bytes) -> list[EventRow]:
             )
         )
     return rows
+
+
+class NotJSONError(ValueError):
+    """A body that is not JSON."""
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
 
 
 class EventStore:

@@ -177,8 +177,29 @@ async def test_a_bad_batch_stores_nothing_and_says_why() -> None:
         answer = await post(http, batch([good, {"snapshots": [{"events": [{}]}]}]))
         assert answer.status_code == 400
         assert "invalid" in answer.json()["message"]
+        body = batch([good]).replace(b'"timestamp": 1}', b'"timestamp": NaN}')
+        assert b"NaN" in body
+        nan = await post(http, body)
+        assert nan.status_code == 400
+        assert nan.json()["error"] == "invalid_json"
     assert api.store is not None
     assert api.store.count() == 0
+    assert api.batch_count == 0
+
+
+@pytest.mark.parametrize("validate", [True, False])
+async def test_parsed_or_validated_the_same_counts(validate: bool) -> None:
+    api = EventsAPI(db=":memory:", validate=validate)
+    async with client(api) as http:
+        assert (await post(http, batch(scenario()))).status_code == 204
+    stats = api.statistics()
+    assert (stats.events, stats.impressions, stats.conversions) == (10, 5, 5)
+    assert stats.conversions_by_event == {"purchase": 4, "signup": 1}
+    assert stats.impressions_by_variation == {
+        ("checkout_test", "control"): 3,
+        ("checkout_test", "treatment"): 2,
+    }
+    assert arms(api.results())["treatment"]["revenue"] == 500
 
 
 def test_options_that_cannot_go_together() -> None:

@@ -112,18 +112,22 @@ def _rows(experiment: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def print_results(results: Mapping[str, Any], out: Any = None) -> None:
+def print_results(
+    results: Mapping[str, Any], out: Any = None, *, use_rich: bool | None = None
+) -> None:
     """Print results as tables: rich's when installed, plain text otherwise.
 
     Args:
         results: What ``GET /v1/results`` answers.
         out: Where to print (default: standard output).
+        use_rich: Draw with rich (``None``: when it is installed).
     """
     out = out or sys.stdout
     if not results["experiments"]:
         print("No impressions yet.", file=out)
         return
-    use_rich = importlib.util.find_spec("rich") is not None
+    if use_rich is None:
+        use_rich = importlib.util.find_spec("rich") is not None
     for experiment in results["experiments"]:
         title = f"{experiment['experiment_key'] or '?'} (experiment {experiment['experiment_id']})"
         head, rows = _rows(experiment)

@@ -207,3 +207,26 @@ def test_options_that_cannot_go_together() -> None:
         EventsAPI(validate=False, parse=False, db=":memory:")
     with pytest.raises(ValueError, match="token"):
         EventsAPI(token="")
+
+
+@pytest.mark.parametrize("use_rich", [True, False])
+async def test_the_results_print_as_a_table_with_or_without_rich(use_rich: bool) -> None:
+    import io
+
+    from optitrack._cli.results import print_results
+
+    api = EventsAPI(db=":memory:")
+    async with client(api) as http:
+        await post(http, batch(scenario()))
+    out = io.StringIO()
+    print_results(api.results(), out, use_rich=use_rich)
+    text = out.getvalue()
+    assert "checkout_test (experiment 40101)" in text
+    control = next(line for line in text.splitlines() if "control" in line)
+    treatment = next(line for line in text.splitlines() if "treatment" in line)
+    assert "1/1" in control and "50.00%" in control
+    assert "1/2" in treatment and "+400.0%" in treatment
+    assert ("┃" in text) is use_rich
+    empty = io.StringIO()
+    print_results({"experiments": []}, empty, use_rich=use_rich)
+    assert empty.getvalue() == "No impressions yet.\n"

@@ -224,8 +224,10 @@ async def test_the_results_print_as_a_table_with_or_without_rich(use_rich: bool)
     assert "checkout_test (experiment 40101)" in text
     control = next(line for line in text.splitlines() if "control" in line)
     treatment = next(line for line in text.splitlines() if "treatment" in line)
-    assert "1/1" in control and "50.00%" in control
-    assert "1/2" in treatment and "+400.0%" in treatment
+    assert "1/1" in control
+    assert "50.00%" in control
+    assert "1/2" in treatment
+    assert "+400.0%" in treatment
     assert ("┃" in text) is use_rich
     empty = io.StringIO()
     print_results({"experiments": []}, empty, use_rich=use_rich)

@@ -69,7 +69,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "--read-timeout",
         type=float,
         default=READ_TIMEOUT,
-        help="seconds one read of a request's head or body may take (default: %(default)s)",
+        help="seconds a request's head may take in all, and its body may stall "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--no-validate",

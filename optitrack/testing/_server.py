@@ -46,7 +46,7 @@ class Server:
         port: The port it listens on.
         connections: How many connections it accepted so far.
         idle_timeout: Seconds a kept-alive connection may wait for its next request.
-        read_timeout: Seconds each read of a request's head or body may take.
+        read_timeout: Seconds a request's head may take in all, and its body may stall.
         timeouts: Connections closed by a timeout so far.
     """
 
@@ -123,17 +123,27 @@ class _Connection:
         self.conn = h11.Connection(h11.SERVER)
         remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
         self.client = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else None
+        self._head_deadline: float | None = None
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
+                self._head_deadline = None
                 return event  # type: ignore[return-value]
             # Waiting for the next request on a kept-alive connection: the idle timeout;
-            # reading a request's head or body: the read timeout.
-            idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
+            # reading a request's body: the read timeout per read; a request's head: the
+            # read timeout in all, from its first byte, however slowly it trickles in.
+            in_head = self.conn.their_state is h11.IDLE
+            idle = in_head and not self.conn.trailing_data[0]
             timeout = self.server.idle_timeout if idle else self.server.read_timeout
-            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            wait = math.inf if timeout is None else timeout
+            if in_head and not idle and timeout is not None:
+                now = anyio.current_time()
+                if self._head_deadline is None:
+                    self._head_deadline = now + timeout
+                wait = max(self._head_deadline - now, 0)
+            with anyio.move_on_after(wait) as scope:
                 try:
                     data = await self.stream.receive(_RECEIVE_SIZE)
                 except anyio.EndOfStream:
@@ -315,8 +325,9 @@ async def serve(
             app a token then.
         idle_timeout: Close a kept-alive connection that sends no new request for this
             many seconds (``None``: never; a :class:`Hang` is not affected).
-        read_timeout: Close a connection when one read of a request's head or body waits
-            this long (``None``: never).
+        read_timeout: Close a connection whose request head is not complete this many
+            seconds after its first byte, or whose body stalls this long (answered
+            ``408``); ``None``: never.
 
     Yields:
         The running server; post events to :attr:`Server.url`.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
+import anyio.abc
 import pytest
 
 from optitrack.testing import EventsAPI, serve
@@ -36,6 +39,25 @@ async def test_a_slow_request_head_is_closed() -> None:
         async with await anyio.connect_tcp(server.host, server.port) as stream:
             await stream.send(b"POST /v1/events HTTP/1.1\r\nhost: x\r\n")  # and no more
             assert await _read_until_closed(stream) == b""
+        assert server.timeouts == 1
+
+
+async def test_a_request_head_trickling_in_is_closed_all_the_same() -> None:
+    async def trickle(stream: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            for _ in range(100):  # a header byte every 0.05 s: each read is quick
+                await stream.send(b"x")
+                await anyio.sleep(0.05)
+
+    async with serve(EventsAPI(), idle_timeout=5, read_timeout=0.3) as server:
+        async with await anyio.connect_tcp(server.host, server.port) as stream:
+            started = anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(trickle, stream)
+                await _read_until_closed(stream)
+                closed = anyio.current_time() - started
+                tg.cancel_scope.cancel()
+        assert closed < 2.5  # the head's 0.3 s in all, not the 5 s of trickling
         assert server.timeouts == 1
 
 

@@ -151,7 +151,7 @@ async def collector(
         token: The bearer token required on every request, if any.
         datafile: The project's datafile, for names in the results.
         idle_timeout: Seconds a kept-alive connection may stay idle.
-        read_timeout: Seconds one read of a request may take.
+        read_timeout: Seconds a request's head may take in all, and its body may stall.
     """
     out = out or sys.stdout
     from ..testing import EventsAPI, serve

@@ -12,6 +12,11 @@ it does not parse bodies as JSON but picks their ``"uuid"`` values out with a re
 expression, so it still counts events and duplicate uuids without costing the client's
 throughput the stand-in's JSON parsing (about 5-9 us of CPU per event here).
 
+``--db PATH`` (or the ``OPTITRACK_COLLECTOR_DB`` environment variable, so that a benchmark
+that starts it runs unchanged) stores the events in SQLite, as ``optitrack collector``
+does; ``--db :memory:`` without a file. Compare a benchmark's figures with and without it
+to see what the store costs the client (``docs/collector.md``).
+
 It prints one JSON line, ``{"port": N}``, then reads commands from standard input, one a
 line, and answers each with one JSON line:
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -83,14 +89,17 @@ async def _command(api: EventsAPI, line: str) -> dict[str, Any] | None:
     return {"error": f"unknown command: {line.strip()!r}"}
 
 
-async def main(count_only: bool = False) -> None:
+async def main(count_only: bool = False, db: str | None = None) -> None:
     """Serve the stand-in and answer commands until standard input closes.
 
     Args:
         count_only: Count events and duplicates by their ``"uuid"`` values, found with a
             regular expression, instead of parsing bodies as JSON.
+        db: Store the events in this SQLite database (not with ``count_only``).
     """
-    api = EventsAPI(validate=False, parse=not count_only, record=False)
+    api = EventsAPI(
+        validate=False, parse=not count_only, record=False, db=None if count_only else db
+    )
     async with serve(api, host="127.0.0.1", port=0) as server:
         print(json.dumps({"port": server.port}), flush=True)
         while True:
@@ -108,12 +117,17 @@ if __name__ == "__main__":
         "--count-only", action="store_true", help="count uuids (and duplicates), do not parse"
     )
     parser.add_argument("--profile", metavar="PATH", help="write a cProfile of the run to PATH")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("OPTITRACK_COLLECTOR_DB") or None,
+        help="store the events in this SQLite database (':memory:' for none)",
+    )
     args = parser.parse_args()
     if args.profile:
         import cProfile
 
         with cProfile.Profile() as profile:
-            anyio.run(main, args.count_only, backend=args.backend)
+            anyio.run(main, args.count_only, args.db, backend=args.backend)
         profile.dump_stats(args.profile)
     else:
-        anyio.run(main, args.count_only, backend=args.backend)
+        anyio.run(main, args.count_only, args.db, backend=args.backend)

@@ -24,7 +24,10 @@ or over real loopback sockets, when timeouts, resets and connection pooling matt
 Both servers bind to loopback addresses only. :func:`serve` works on asyncio and Trio.
 
 Besides ``POST /v1/events``, the app answers ``GET /`` with a small HTML results page and
-``GET /v1/stats`` with the same summary as JSON (see :meth:`EventsAPI.statistics`).
+``GET /v1/stats`` with the same summary as JSON (see :meth:`EventsAPI.statistics`). With
+a database (``EventsAPI(db="events.db")`` or ``db=":memory:"``), what ``optitrack
+collector`` serves, events are stored in SQLite, unique by uuid, and ``GET
+/v1/results`` answers the experiment results counted by timestamp (``GET /`` draws them).
 
 :class:`DatafileAPI` stands in for the datafile CDN: it serves ``GET
 /datafiles/{sdk_key}.json`` (and ``/datafiles/auth/{sdk_key}.json``, with a bearer token)
@@ -49,7 +52,9 @@ concern, without import cycles (``_server`` runs any ASGI app and imports neithe
 - ``_applying``: applying a fault to a request, and the methods that arm faults, for both
   apps.
 - ``_tallies``: what is counted from accepted batches (:class:`EventsAPIStatistics`).
-- ``_html``: the results page.
+- ``_store``: :class:`EventStore`, the events in SQLite, and the results' SQL.
+- ``_results``: rates, lifts and confidence intervals from the stored counts.
+- ``_html``: the results pages.
 - ``_waiting``: the machinery behind the ``wait_*`` methods, across threads.
 """
 
@@ -61,6 +66,7 @@ from ._datafiles import DatafileAPI, DatafileRequest
 from ._faults import Delay, Fault, Hang, Reset, Respond, SimulatedReset, When
 from ._requests import MAX_BODY_SIZE, ReceivedRequest
 from ._server import Server, serve, serve_in_thread
+from ._store import EventStore
 from ._tallies import EventsAPIStatistics, VariationResults
 
 __all__ = [
@@ -73,6 +79,7 @@ __all__ = [
     "Delay",
     "EventsAPI",
     "EventsAPIStatistics",
+    "EventStore",
     "Fault",
     "Hang",
     "MAX_BODY_SIZE",

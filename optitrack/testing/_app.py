@@ -13,15 +13,19 @@ answering :mod:`._asgi`, the results page :mod:`._html`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+import anyio
 
 from .._wire import EventBatch, SnapshotEvent, Visitor
 from ._applying import FaultControls, apply_fault
 from ._asgi import (
     EVENTS_PATH,
+    RESULTS_PATH,
     STATS_PATH,
     ASGIReceive,
     ASGISend,
@@ -32,8 +36,10 @@ from ._asgi import (
     respond,
 )
 from ._faults import Fault, FaultPlan, Respond, When
-from ._html import render_html
+from ._html import render_html, render_results_html
 from ._requests import MAX_BODY_SIZE, ReceivedRequest, Seen, decode_body, read_request
+from ._results import compute_results
+from ._store import EventRow, EventStore, NotJSONError, rows_from_body
 from ._tallies import (
     BatchError,
     EventsAPIStatistics,
@@ -86,10 +92,20 @@ class EventsAPI(FaultControls, WaitControls):
         record: Keep every request with its body (the default). ``False`` keeps only the
             counters and the uuids seen, for long benchmarks.
         max_body_size: The largest body accepted, in bytes.
+        db: Store the accepted events in SQLite: a file path (WAL; events survive a
+            restart and a re-sent uuid is still a duplicate), ``":memory:"``, or an
+            :class:`EventStore`. Then ``GET /v1/results`` answers the experiment results,
+            ``GET /`` draws them, duplicates are found by the database, and nothing that
+            grows with the events is kept in memory (with ``record=False``). ``None``
+            (the default) keeps today's in-memory counters only.
+        token: Require ``Authorization: Bearer <token>`` on every request (``401``
+            otherwise).
+        datafile: The project's datafile, to name experiments and variations and order
+            variations in the results.
 
     Raises:
         ValueError: ``max_body_size`` is not positive, or ``parse=False`` with
-            ``validate=True``.
+            ``validate=True``, or with ``db``.
     """
 
     def __init__(
@@ -101,11 +117,21 @@ class EventsAPI(FaultControls, WaitControls):
         parse: bool = True,
         record: bool = True,
         max_body_size: int = MAX_BODY_SIZE,
+        db: str | EventStore | None = None,
+        token: str | None = None,
+        datafile: Mapping[str, Any] | None = None,
     ) -> None:
         if max_body_size <= 0:
             raise ValueError(f"max_body_size ({max_body_size}) must be > 0")
         if validate and not parse:
             raise ValueError("parse=False needs validate=False: validating parses the body")
+        if db is not None and not parse:
+            raise ValueError("parse=False cannot store events: the database needs their fields")
+        if token is not None and not token:
+            raise ValueError("token must not be empty")
+        self.store = EventStore(db) if isinstance(db, str) else db
+        self.datafile = datafile
+        self._authorization = f"Bearer {token}".encode() if token is not None else None
         self.validate = validate
         self.parse = parse
         self.record = record
@@ -115,7 +141,7 @@ class EventsAPI(FaultControls, WaitControls):
         self._lock = threading.RLock()
         self._waiters = Waiters(self._lock)
         self._requests: list[ReceivedRequest] = []
-        self._tallies = Tallies()
+        self._tallies = Tallies(index=self.store is None)
 
     def __repr__(self) -> str:
         with self._lock:
@@ -128,10 +154,13 @@ class EventsAPI(FaultControls, WaitControls):
     # Faults: inject, fail_all, fail_when, heal, pending_faults (FaultControls) ----------
 
     def reset(self) -> None:
-        """Forget everything received: requests, counters and uuids. Faults stay."""
+        """Forget everything received: requests, counters and uuids. Faults stay.
+
+        The database, when there is one, keeps its events (and so its uuids).
+        """
         with self._lock:
             self._requests = []
-            self._tallies = Tallies()
+            self._tallies = Tallies(index=self.store is None)
 
     # Reading ----------------------------------------------------------------------------
 
@@ -210,6 +239,22 @@ class EventsAPI(FaultControls, WaitControls):
         with self._lock:
             return self._tallies.statistics()
 
+    def results(self) -> dict[str, Any]:
+        """Return the experiment results computed from the stored events.
+
+        Blocking (a query): from async code, prefer ``GET /v1/results`` or run it in a
+        worker thread.
+
+        Returns:
+            ``{"experiments": [...]}``, JSON-ready, as ``GET /v1/results`` answers.
+
+        Raises:
+            RuntimeError: The app has no database (``db=None``).
+        """
+        if self.store is None:
+            raise RuntimeError("no results without a database: create EventsAPI(db=...)")
+        return compute_results(self.store.tables(), self.datafile)
+
     # Waiting ----------------------------------------------------------------------------
 
     async def wait_for_requests(self, n: int) -> None:
@@ -258,7 +303,24 @@ class EventsAPI(FaultControls, WaitControls):
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == EVENTS_PATH:
+        if self._authorization is not None and not self._authorized(scope):
+            refusal = Refusal(401, "unauthorized", "send Authorization: Bearer <token>")
+            await refuse(send, refusal, extra=[(b"www-authenticate", b"Bearer")])
+            return
+        if path == RESULTS_PATH or (path == "/" and self.store is not None):
+            if method != "GET":
+                await refuse(send, Refusal(405, "method_not_allowed", "use GET"), b"GET")
+            elif self.store is None:
+                message = "no results without a database: run the collector with --db"
+                await refuse(send, Refusal(404, "no_database", message))
+            else:
+                results = await anyio.to_thread.run_sync(self.results)
+                if path == "/":
+                    page = render_results_html(results, self.statistics()).encode()
+                    await answer(send, 200, page, b"text/html; charset=utf-8")
+                else:
+                    await answer(send, 200, json.dumps(results).encode(), b"application/json")
+        elif path == EVENTS_PATH:
             if method == "POST":
                 await self._post_events(scope, receive, send)
             else:
@@ -275,6 +337,13 @@ class EventsAPI(FaultControls, WaitControls):
                 await refuse(send, Refusal(405, "method_not_allowed", "use GET"), b"GET")
         else:
             await refuse(send, Refusal(404, "not_found", f"no such path: {path}"))
+
+    def _authorized(self, scope: MutableMapping[str, Any]) -> bool:
+        assert self._authorization is not None
+        for name, value in scope.get("headers", ()):
+            if bytes(name).lower() == b"authorization":
+                return hmac.compare_digest(bytes(value), self._authorization)
+        return False
 
     async def _post_events(
         self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend
@@ -314,9 +383,15 @@ class EventsAPI(FaultControls, WaitControls):
 
         tallies: Iterable[Tally] = ()
         uuids: list[bytes] = []
+        rows: list[EventRow] | None = None
         try:
             if self.validate:
                 tallies = tally_batch(validate_batch(content))
+                if self.store is not None:
+                    rows = _rows(content)
+            elif self.store is not None:  # one parse for both
+                rows = _rows(content)
+                tallies = [_tally(row) for row in rows]
             elif self.parse:
                 tallies = parse_tallies(content)
             else:
@@ -327,7 +402,19 @@ class EventsAPI(FaultControls, WaitControls):
             return
 
         status = override.status if override is not None else 204
-        self._record(seen, content, status, tallies=tallies, uuids=uuids, fault=applied)
+        duplicates = 0
+        if self.store is not None and rows is not None and 200 <= status < 300:
+            new = await anyio.to_thread.run_sync(self.store.add, rows)
+            duplicates = len(rows) - new
+        self._record(
+            seen,
+            content,
+            status,
+            tallies=tallies,
+            uuids=uuids,
+            fault=applied,
+            duplicates=duplicates,
+        )
         if override is not None:
             await respond(send, override)
         else:
@@ -356,6 +443,7 @@ class EventsAPI(FaultControls, WaitControls):
         tallies: Iterable[Tally] = (),
         uuids: Sequence[bytes] = (),
         fault: Fault | None = None,
+        duplicates: int = 0,
     ) -> None:
         with self._lock:
             self._tallies.count_request(seen.size, status)
@@ -376,4 +464,19 @@ class EventsAPI(FaultControls, WaitControls):
                 )
             if status is not None and 200 <= status < 300 and error is None:
                 self._tallies.count_batch(tallies, uuids)
+                self._tallies.duplicate_count += duplicates
             self._waiters.check()
+
+
+def _rows(content: bytes) -> list[EventRow]:
+    try:
+        return rows_from_body(content)
+    except NotJSONError as exc:
+        raise BatchError("invalid_json", f"body is not JSON: {exc}") from exc
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise BatchError("invalid_batch", f"invalid batch: {exc!r}") from exc
+
+
+def _tally(row: EventRow) -> Tally:
+    arms = [(d[2], d[4]) for d in row.decisions]
+    return row.visitor_id, row.uuid, row.key, row.revenue, arms

@@ -23,6 +23,7 @@ __all__ = [
     "ASGIReceive",
     "ASGISend",
     "EVENTS_PATH",
+    "RESULTS_PATH",
     "STATS_PATH",
     "Refusal",
     "answer",
@@ -33,6 +34,7 @@ __all__ = [
 
 EVENTS_PATH = "/v1/events"
 STATS_PATH = "/v1/stats"
+RESULTS_PATH = "/v1/results"
 
 ASGIMessage: TypeAlias = MutableMapping[str, Any]
 """An ASGI message (or scope)."""

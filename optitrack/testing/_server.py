@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -44,12 +45,25 @@ class Server:
         host: The address it listens on.
         port: The port it listens on.
         connections: How many connections it accepted so far.
+        idle_timeout: Seconds a kept-alive connection may wait for its next request.
+        read_timeout: Seconds a request's head may take in all, and its body may stall.
+        timeouts: Connections closed by a timeout so far.
     """
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        idle_timeout: float | None = None,
+        read_timeout: float | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.connections = 0
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
+        self.timeouts = 0
         self._app = app
 
     @property
@@ -72,6 +86,11 @@ class Server:
             connection = _Connection(self, stream)
             try:
                 await connection.run()
+            except _TimedOut as exc:
+                self.timeouts += 1
+                logger.debug("closing a connection: %s", exc)
+                with contextlib.suppress(h11.ProtocolError, *_GONE):
+                    await connection.time_out()
             except SimulatedReset:
                 raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -84,6 +103,10 @@ class Server:
 
 
 class _Disconnected(Exception):
+    pass
+
+
+class _TimedOut(Exception):
     pass
 
 
@@ -100,16 +123,34 @@ class _Connection:
         self.conn = h11.Connection(h11.SERVER)
         remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
         self.client = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else None
+        self._head_deadline: float | None = None
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
+                self._head_deadline = None
                 return event  # type: ignore[return-value]
-            try:
-                data = await self.stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+            # Waiting for the next request on a kept-alive connection: the idle timeout;
+            # reading a request's body: the read timeout per read; a request's head: the
+            # read timeout in all, from its first byte, however slowly it trickles in.
+            in_head = self.conn.their_state is h11.IDLE
+            idle = in_head and not self.conn.trailing_data[0]
+            timeout = self.server.idle_timeout if idle else self.server.read_timeout
+            wait = math.inf if timeout is None else timeout
+            if in_head and not idle and timeout is not None:
+                now = anyio.current_time()
+                if self._head_deadline is None:
+                    self._head_deadline = now + timeout
+                wait = max(self._head_deadline - now, 0)
+            with anyio.move_on_after(wait) as scope:
+                try:
+                    data = await self.stream.receive(_RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    data = b""
+            if scope.cancelled_caught:
+                what = "idle" if idle else "reading a request"
+                raise _TimedOut(f"{what} for more than {timeout} s")
             self.conn.receive_data(data)
 
     async def run(self) -> None:
@@ -211,7 +252,7 @@ class _Connection:
 
         try:
             await self.server._app(scope, receive, send)
-        except (SimulatedReset, anyio.get_cancelled_exc_class()):
+        except (SimulatedReset, _TimedOut, anyio.get_cancelled_exc_class()):
             raise
         except _Disconnected:
             return False
@@ -227,6 +268,13 @@ class _Connection:
                 await self._fail()
             return False
         return True
+
+    async def time_out(self) -> None:
+        # A request's body came too slowly: 408, then close. Mid-head, or idle: just close.
+        if self.conn.our_state is h11.SEND_RESPONSE:
+            headers = [(b"content-length", b"0"), (b"connection", b"close")]
+            response = h11.Response(status_code=408, headers=headers)
+            await self.stream.send(self.conn.send(response) + self.conn.send(h11.EndOfMessage()))
 
     async def refuse_malformed(self) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -254,7 +302,15 @@ def _check_loopback(host: str) -> str:
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
+async def serve(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    idle_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> AsyncIterator[Server]:
     """Serve an ASGI app over HTTP/1.1 on a loopback address, in the caller's event loop.
 
     Works on asyncio and Trio. Connections are kept alive between requests. On exit, the
@@ -265,20 +321,32 @@ async def serve(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> Asyn
         app: The ASGI 3 app, e.g. an :class:`EventsAPI`.
         host: A loopback address to listen on.
         port: The port; 0 picks a free one (see :attr:`Server.port`).
+        allow_remote: Allow any address (e.g. ``0.0.0.0``), for the collector: give the
+            app a token then.
+        idle_timeout: Close a kept-alive connection that sends no new request for this
+            many seconds (``None``: never; a :class:`Hang` is not affected).
+        read_timeout: Close a connection whose request head is not complete this many
+            seconds after its first byte, or whose body stalls this long (answered
+            ``408``); ``None``: never.
 
     Yields:
         The running server; post events to :attr:`Server.url`.
 
     Raises:
-        ValueError: ``host`` is not a loopback address.
+        ValueError: ``host`` is not a loopback address (without ``allow_remote``), or a
+            timeout is not positive.
         OSError: The address cannot be bound.
     """
-    host = _check_loopback(host)
+    for name, timeout in (("idle_timeout", idle_timeout), ("read_timeout", read_timeout)):
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"{name} ({timeout}) must be > 0")
+    if not allow_remote:
+        host = _check_loopback(host)
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     try:
         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
         assert isinstance(sockname, tuple)
-        server = Server(app, host, int(sockname[1]))
+        server = Server(app, host, int(sockname[1]), idle_timeout, read_timeout)
         with unwrap_single_group():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(listener.serve, server._handle, tg)

@@ -280,9 +280,15 @@ class Tallies:
     """The counters of one app, since it was created or last reset.
 
     Not thread-safe: the app holds its lock around every call and every read.
+
+    Args:
+        index: Keep the uuids seen and each visitor's first variation, to find duplicates
+            and attribute conversions (memory grows with the events). ``False`` when a
+            database does both: then only counters are kept, bounded however long it runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, index: bool = True) -> None:
+        self.index = index
         self.request_count = 0
         self.statuses: Counter[int] = Counter()
         self.batch_count = 0
@@ -364,6 +370,8 @@ class Tallies:
 
     def _count_uuids(self, uuids: Sequence[bytes]) -> None:
         self.event_count += len(uuids)
+        if not self.index:
+            return
         seen = self._uuids
         for raw in uuids:
             uuid = raw.decode("ascii", "replace")
@@ -376,13 +384,23 @@ class Tallies:
     def _count(self, tally: Tally) -> None:
         visitor_id, uuid, key, revenue, arms = tally
         self.event_count += 1
-        if uuid in self._uuids:
+        index = self.index
+        if not index:
+            pass
+        elif uuid in self._uuids:
             self.duplicates[uuid] = self.duplicates.get(uuid, 1) + 1
             self.duplicate_count += 1
         else:
             self._uuids.add(uuid)
         if arms:
             self.impression_count += 1
+            if not index:
+                for arm_key in arms:
+                    arm = self._arms.get(arm_key)
+                    if arm is None:
+                        arm = self._arms[arm_key] = _Arm()
+                    arm.impressions += 1
+                return
             seen = self._first_seen.setdefault(visitor_id, {})
             for experiment, variation in arms:
                 arm = self._arms.get((experiment, variation))

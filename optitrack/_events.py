@@ -388,6 +388,8 @@ class EventFactory:
         attributes: Mapping[str, Any] | None,
         tags: Mapping[str, Any] | None,
         attributes_json: str | None = None,
+        *,
+        timestamp: int | None = None,
     ) -> bytes | None:
         """Serialize one conversion as a visitor.
 
@@ -398,6 +400,8 @@ class EventFactory:
             tags: The event tags, or ``None``.
             attributes_json: ``attributes`` already rendered by :meth:`attributes_json`
                 (a user context keeps it), or ``None``.
+            timestamp: When the event happened, in milliseconds since the epoch
+                (checked by the caller); ``None`` for now.
 
         Returns:
             The visitor as JSON bytes, or ``None`` when the event key is not in the
@@ -424,7 +428,8 @@ class EventFactory:
         # f-strings: a %-format with a %d costs twice as much, and this runs per event.
         visitor = _json_str(user_id)
         attributes_json = attributes_json or self.attributes_json(attributes)
-        timestamp = time.time_ns() // 1_000_000
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
         text = (
             f'{{"visitor_id":{visitor},"attributes":{attributes_json},"snapshots":[{{"events":'
             f'[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'

@@ -11,6 +11,7 @@ the queue does with the bytes (``_delivery``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from threading import get_ident
 from typing import Any, Final, NoReturn
@@ -23,19 +24,41 @@ from ._notifications import NotificationCenter, NotificationType, TrackNotificat
 from ._refusals import Refusals
 from ._results import ACCEPTED, Reason, TrackResult
 
-__all__ = ["CLOSED", "NEW", "NO_DATAFILE", "RUNNING", "Intake"]
+__all__ = [
+    "CLOSED",
+    "MAX_FUTURE_MS",
+    "NEW",
+    "NO_DATAFILE",
+    "RUNNING",
+    "Intake",
+    "timestamp_problem",
+]
 
 NEW: Final = "new"
 RUNNING: Final = "running"
 #: Running, but without a datafile yet: calls are refused with ``no_datafile``.
 NO_DATAFILE: Final = "no_datafile"
 CLOSED: Final = "closed"
+#: How far ahead of the clock an event's own timestamp may be (a day, in ms): more is
+#: a mistake (seconds or microseconds for milliseconds, a wrong clock).
+MAX_FUTURE_MS: Final = 86_400_000
 _TRACK = NotificationType.TRACK
 
 #: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names.
 ImpressionVariation = Callable[
     [str, Experiment | Holdout | None, Variation | None, str], Variation | None
 ]
+
+
+def timestamp_problem(timestamp: Any) -> str | None:
+    """What is wrong with an event's own timestamp (ms since the epoch), or ``None``."""
+    if type(timestamp) is not int:
+        return f"must be an int (ms since the epoch), not {type(timestamp).__name__}"
+    if timestamp <= 0:
+        return f"must be positive (ms since the epoch), not {timestamp}"
+    if timestamp > time.time_ns() // 1_000_000 + MAX_FUTURE_MS:
+        return f"is more than a day in the future ({timestamp} ms since the epoch)"
+    return None
 
 
 class Intake:
@@ -103,8 +126,14 @@ class Intake:
         attributes: Any,
         event_tags: Any,
         attributes_json: str | None = None,
+        *,
+        timestamp: Any = None,
     ) -> bytes | TrackResult:
         """A conversion serialized, or the refusal of a call that cannot be tracked.
+
+        ``timestamp`` is when the event happened (ms since the epoch), for events recorded
+        earlier; ``None`` means now. One that is not a positive int, or is more than
+        :data:`MAX_FUTURE_MS` ahead of the clock, is refused as ``invalid_input``.
 
         Raises:
             TrackError: The call is refused and the client is strict.
@@ -130,9 +159,13 @@ class Intake:
             return self._invalid(
                 "event_tags", f"must be a mapping, not {type(event_tags).__name__}"
             )
+        if timestamp is not None:
+            problem = timestamp_problem(timestamp)
+            if problem is not None:
+                return self._invalid("timestamp", problem)
         try:
             data = self.factory.conversion(
-                event_key, user_id, attributes, event_tags, attributes_json
+                event_key, user_id, attributes, event_tags, attributes_json, timestamp=timestamp
             )
         except InvalidTagsError as exc:
             return self.refused(

@@ -27,6 +27,7 @@ Run it from the repository root::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import subprocess
@@ -78,7 +79,7 @@ def optitrack_in_process(collector: Collector, path: Path, lines: int) -> float:
     client = optitrack.Client(DATAFILE, event_endpoint=collector.url, close_timeout=120)
     with path.open("rb") as stream:
         started = time.perf_counter()
-        status = anyio.run(lambda: send(client, stream, "jsonl", progress=False, out=_Null()))
+        status = anyio.run(lambda: send(client, stream, "jsonl", progress=False, out=io.StringIO()))
     received = collector.wait_events(lines, 120.0)["events"]
     elapsed = time.perf_counter() - started
     if status != 0 or received != lines:
@@ -127,14 +128,6 @@ def optimizely_sdk(collector: Collector, path: Path, lines: int) -> float:
     if received != lines:
         raise SystemExit(f"optimizely-sdk: {received} of {lines} received")
     return elapsed
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def main() -> None:

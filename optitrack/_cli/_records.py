@@ -87,12 +87,14 @@ def _decode(line: bytes) -> str | BadLine:
 
 def jsonl_parser() -> Callable[[bytes], Record | BadLine | None]:
     """A parser of JSON Lines: one line in, a record, a bad line, or ``None`` (blank)."""
-    loads = json.loads
+    # Decoding the bytes first, then the decoder itself: json.loads of bytes spends a third
+    # of its time guessing their encoding. utf-8-sig: a byte order mark is not an error.
+    decode = json.JSONDecoder().decode
     keys = _KEYS
 
     def parse(line: bytes) -> Record | BadLine | None:
         try:
-            obj = loads(line)
+            obj = decode(line.decode("utf-8-sig"))
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             if not line.strip():
                 return None

@@ -470,6 +470,23 @@ class Client(ClassicCalls):
             return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
+    async def _track_at(
+        self,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+        timestamp: int | None,
+    ) -> TrackResult:
+        # optitrack send: track with the event's own timestamp, waiting for room in the
+        # queue as long as it takes (an import never drops for a full queue).
+        intake = self._intake
+        data = intake.conversion(event_key, user_id, attributes, event_tags, timestamp=timestamp)
+        if type(data) is not bytes:
+            return data  # type: ignore[return-value]
+        reason = await intake.queue.put_waiting(intake.context, data)
+        return intake.submitted(reason, event_key, user_id, attributes, event_tags)
+
     async def _track_user(
         self, user: UserContext, event_key: str, event_tags: Mapping[str, Any] | None
     ) -> TrackResult:

@@ -391,7 +391,8 @@ class EventFactory:
             tags: The event tags, or ``None``.
             attributes_json: ``attributes`` already rendered by :meth:`attributes_json`
                 (a user context keeps it), or ``None``.
-            timestamp: The event's time in milliseconds since the epoch; ``None`` for now.
+            timestamp: When the event happened, in milliseconds since the epoch
+                (checked by the caller); ``None`` for now.
 
         Returns:
             The visitor as JSON bytes, or ``None`` when the event key is not in the

@@ -11,6 +11,7 @@ the queue does with the bytes (``_delivery``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from threading import get_ident
 from typing import Any, Final, NoReturn
@@ -24,13 +25,24 @@ from ._refusals import Refusals
 from ._results import ACCEPTED, Reason, TrackResult
 from ._user import UserContext
 
-__all__ = ["CLOSED", "NEW", "NO_DATAFILE", "RUNNING", "Intake"]
+__all__ = [
+    "CLOSED",
+    "MAX_FUTURE_MS",
+    "NEW",
+    "NO_DATAFILE",
+    "RUNNING",
+    "Intake",
+    "timestamp_problem",
+]
 
 NEW: Final = "new"
 RUNNING: Final = "running"
 #: Running, but without a datafile yet: calls are refused with ``no_datafile``.
 NO_DATAFILE: Final = "no_datafile"
 CLOSED: Final = "closed"
+#: How far ahead of the clock an event's own timestamp may be (a day, in ms): more is
+#: a mistake (seconds or microseconds for milliseconds, a wrong clock).
+MAX_FUTURE_MS: Final = 86_400_000
 _TRACK = NotificationType.TRACK
 
 #: ``(flag_key, rule, decided variation, rule_type)`` -> the variation an impression names.
@@ -47,6 +59,17 @@ FastConversion = Callable[[Any, Any, Any, Any, str | None], bytes | None]
 def _declined(
     event_key: Any, user_id: Any, attributes: Any, tags: Any, attributes_json: str | None = None
 ) -> None:
+    return None
+
+
+def timestamp_problem(timestamp: Any) -> str | None:
+    """What is wrong with an event's own timestamp (ms since the epoch), or ``None``."""
+    if type(timestamp) is not int:
+        return f"must be an int (ms since the epoch), not {type(timestamp).__name__}"
+    if timestamp <= 0:
+        return f"must be positive (ms since the epoch), not {timestamp}"
+    if timestamp > time.time_ns() // 1_000_000 + MAX_FUTURE_MS:
+        return f"is more than a day in the future ({timestamp} ms since the epoch)"
     return None
 
 
@@ -132,7 +155,7 @@ class Intake:
         event_tags: Any,
         user: UserContext | None = None,
         *,
-        timestamp: int | None = None,
+        timestamp: Any = None,
     ) -> bytes | TrackResult:
         """A conversion serialized, or the refusal of a call that cannot be tracked.
 
@@ -145,7 +168,10 @@ class Intake:
             attributes: The attributes.
             event_tags: The event tags.
             user: The user context the call comes from, which renders its attributes once.
-            timestamp: The event's own time in ms since the epoch; ``None`` for now.
+            timestamp: When the event happened (ms since the epoch), for events recorded
+                earlier; ``None`` means now. One that is not a positive int, or is more
+                than :data:`MAX_FUTURE_MS` ahead of the clock, is refused as
+                ``invalid_input``.
 
         Raises:
             TrackError: The call is refused and the client is strict.
@@ -171,6 +197,10 @@ class Intake:
             return self._invalid(
                 "event_tags", f"must be a mapping, not {type(event_tags).__name__}"
             )
+        if timestamp is not None:
+            problem = timestamp_problem(timestamp)
+            if problem is not None:
+                return self._invalid("timestamp", problem)
         factory = self.factory
         try:
             data = factory.conversion(

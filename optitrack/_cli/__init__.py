@@ -17,12 +17,12 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import collector, demo, results
+from . import collector, demo, results, send, track, validate
 
 __all__ = ["main"]
 
 #: The commands, in the order ``optitrack --help`` lists them.
-COMMANDS = (demo, collector, results)
+COMMANDS = (demo, collector, results, send, track, validate)
 
 DESCRIPTION = """\
 optitrack: Optimizely Track, decisions and batched Events API delivery, on asyncio and Trio.

@@ -53,7 +53,7 @@ async def test_track_refused_or_dropped_exits_1() -> None:
         common = ("--endpoint", server.url, "--datafile", str(DATAFILE))
         status, out, err = await run("track", "no_such_event", "bob", *common)
         assert status == 1, err
-        assert out.startswith('refused: unknown_event: Event "no_such_event" is not in datafile.')
+        assert out.startswith("refused: unknown_event: Event 'no_such_event' is not in datafile.")
         assert err == ""  # said once, on standard output
         status, out, err = await run("track", "signup", "bob", *common)
         assert status == 1, err

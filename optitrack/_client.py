@@ -46,7 +46,7 @@ from ._delivery import (
     check_endpoint,
 )
 from ._exceptions import ClientStateError, unwrap_single_group
-from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
+from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake, timestamp_problem
 from ._logging import log_closed, log_started
 from ._notifications import ConfigUpdateNotification, NotificationCenter, NotificationType
 from ._profiles import ProfileStore, UserProfileService
@@ -481,10 +481,19 @@ class Client(ClassicCalls):
         # optitrack send: track with the event's own timestamp, waiting for room in the
         # queue as long as it takes (an import never drops for a full queue).
         intake = self._intake
-        data = intake.conversion(event_key, user_id, attributes, event_tags, timestamp=timestamp)
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
+        data = None
+        if timestamp is None or timestamp_problem(timestamp) is None:
+            data = intake.fast(event_key, user_id, attributes, event_tags, None, timestamp)
+        if data is None:
+            conversion = intake.conversion(
+                event_key, user_id, attributes, event_tags, timestamp=timestamp
+            )
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
         reason = await intake.queue.put_waiting(intake.context, data)
+        if reason is None and not intake.track_listeners:
+            return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
     async def _track_user(

@@ -274,6 +274,7 @@ class EventFactory:
         attributes: Any,
         tags: Any,
         attributes_json: str | None = None,
+        timestamp: int | None = None,
     ) -> bytes | None:
         """:meth:`conversion` for the common call, or ``None`` when the call is not one.
 
@@ -365,7 +366,8 @@ class EventFactory:
             extra = f'{extra},"tags":{encoded.decode("ascii")}'
         else:
             return None
-        timestamp = time.time_ns() // 1_000_000
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
         text = (
             f'{{"visitor_id":{_json_str(user_id)},"attributes":{attributes_json},"snapshots":'
             f'[{{"events":[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'

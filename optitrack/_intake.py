@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from threading import get_ident
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchQueue
@@ -51,13 +51,29 @@ ImpressionVariation = Callable[
 ]
 
 
-#: ``(event_key, user_id, attributes, tags, attributes_json)`` -> bytes, or ``None``
-#: to decline (see :meth:`EventFactory.fast_conversion`).
-FastConversion = Callable[[Any, Any, Any, Any, str | None], bytes | None]
+class FastConversion(Protocol):
+    """A conversion's bytes, or ``None`` to decline the call (see
+    :meth:`EventFactory.fast_conversion`)."""
+
+    def __call__(
+        self,
+        event_key: Any,
+        user_id: Any,
+        attributes: Any,
+        tags: Any,
+        attributes_json: str | None = None,
+        timestamp: int | None = None,
+        /,
+    ) -> bytes | None: ...
 
 
 def _declined(
-    event_key: Any, user_id: Any, attributes: Any, tags: Any, attributes_json: str | None = None
+    event_key: Any,
+    user_id: Any,
+    attributes: Any,
+    tags: Any,
+    attributes_json: str | None = None,
+    timestamp: int | None = None,
 ) -> None:
     return None
 

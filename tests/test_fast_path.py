@@ -116,6 +116,19 @@ def test_the_fast_path_takes_the_common_calls() -> None:
         assert _VOLATILE.sub(b"", fast) == _VOLATILE.sub(b"", general)
 
 
+def test_an_events_own_timestamp_is_kept_the_same_either_way() -> None:
+    # An import (optitrack send) gives each event its own time: both paths write it as is.
+    factory = _factory()
+    call = ("purchase", "user-1", {"plan": "pro"}, {"revenue": 4200})
+    factory.conversion(*call)
+    fast = factory.fast_conversion(*call, None, 1_764_000_000_123)
+    general = factory.conversion(*call, timestamp=1_764_000_000_123)
+    assert fast is not None and general is not None
+    assert b'"timestamp":1764000000123,' in fast
+    uuid = re.compile(rb'"uuid":"[0-9a-f-]{36}"')
+    assert uuid.sub(b"", fast) == uuid.sub(b"", general)
+
+
 def test_the_fast_path_declines_what_needs_the_general_way() -> None:
     factory = _factory()
     factory.conversion("purchase", "u", {"plan": "pro"}, None)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
-from pydantic_core import to_json as _compiled_json
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchContext
@@ -156,6 +155,9 @@ class EventFactory:
         self._bot_suffix = "," + self._bot_filtering if self._bot_filtering else ""
         # (attribute key, string value) -> ',{...}': the fast path's rendered attributes.
         self._string_parts: dict[tuple[str, str], str] = {}
+        # (tag key, string value) -> ',"key":"value"', and tag key -> ',"key":'.
+        self._tag_parts: dict[tuple[str, str], str] = {}
+        self._tag_keys: dict[str, str] = {}
 
     def _impression_fragment(
         self,
@@ -279,8 +281,8 @@ class EventFactory:
         """:meth:`conversion` for the common call, or ``None`` when the call is not one.
 
         The common call: a known event key, an ASCII user id, plain dicts of known
-        attributes with plain values, and flat tags of strings, integers, booleans and
-        floats written without an exponent. Anything else returns ``None``, for
+        attributes with plain values, and flat tags of ASCII strings, integers, booleans
+        and finite floats. Anything else returns ``None``, for
         :meth:`conversion` to take it the general way (and refuse it when it must): so
         the bytes are the same whichever way an event goes, and this path needs no error
         handling. Flattened on purpose: it runs for nearly every ``track``.
@@ -331,26 +333,44 @@ class EventFactory:
         if tags is None:
             extra = ""
         elif type(tags) is dict:
-            for name, value in tags.items():
-                kind = type(value)
-                if type(name) is not str or not (
-                    kind is str
-                    or kind is int
-                    or kind is bool
-                    # Python writes 1e-05 where the compiled encoder writes 0.00001: floats
-                    # with an exponent (and NaN, which fails every comparison) go the
-                    # general way.
-                    or (kind is float and (1e-4 <= abs(value) < 1e16 or value == 0.0))
-                ):
-                    return None
+            # Flat tags, written as the general way's encoder writes them: each (key,
+            # string value) pair's JSON is kept, like the attributes' parts; numbers are
+            # written by their own repr, as that encoder does.
+            parts = self._tag_parts
+            text = ""
             try:
-                encoded = _compiled_json(tags)
-            except ValueError:  # a surrogate, which UTF-8 cannot hold: refused the general way
-                return None
-            # Non-ASCII (escaped the general way) and DEL (escaped by Python's encoder
-            # only) go the general way too.
-            if not encoded.isascii() or 127 in encoded:
-                return None
+                for item in tags.items():
+                    name, value = item
+                    kind = type(value)
+                    if kind is str:
+                        part = parts.get(item)
+                        if part is None:
+                            if type(name) is not str or not (name.isascii() and value.isascii()):
+                                return None  # not a str key; non-ASCII is checked the general way
+                            part = "," + _json_str(name) + ":" + _json_str(value)
+                            if len(parts) >= 4096:  # bounded: values come from users
+                                parts.clear()
+                            parts[item] = part
+                        text += part
+                        continue
+                    key = self._tag_keys.get(name)
+                    if key is None:
+                        if type(name) is not str or not name.isascii():
+                            return None
+                        key = "," + _json_str(name) + ":"
+                        if len(self._tag_keys) < 4096:
+                            self._tag_keys[name] = key
+                    if kind is int:
+                        text += key + int.__repr__(value)  # ValueError past 4300 digits
+                    elif kind is bool:
+                        text += key + ("true" if value else "false")
+                    elif kind is float and value - value == 0.0:  # finite: not NaN, not inf
+                        text += key + float.__repr__(value)
+                    else:
+                        return None  # None (cleaned for some keys), containers, others
+            except ValueError:
+                return None  # an integer too long to write: refused the general way
+            encoded = "{" + text[1:] + "}"
             extra = ""
             if "revenue" in tags:
                 revenue = tags["revenue"]
@@ -363,7 +383,7 @@ class EventFactory:
                     extra += ',"value":' + float.__repr__(float(value))
                 elif kind is not bool:
                     return None  # a numeric string, a huge integer: value_of knows them
-            extra = f'{extra},"tags":{encoded.decode("ascii")}'
+            extra = f'{extra},"tags":{encoded}'
         else:
             return None
         if timestamp is None:

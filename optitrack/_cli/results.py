@@ -25,7 +25,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="print the experiment results stored by a collector",
         description="Read a collector's SQLite database and print the results per experiment "
         "and variation: visitors, conversions counted from each visitor's first impression "
-        "on, rates, lifts with 95%% confidence intervals, revenue.",
+        "on, rates, lifts with 95% confidence intervals, revenue.",
     )
     parser.add_argument(
         "--db",

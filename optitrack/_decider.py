@@ -238,10 +238,16 @@ class Decider(ClassicDecisions):
         impressions: list[bytes],
     ) -> Decision:
         """Decide a flag for a user; the impressions it calls for go on ``impressions``."""
-        user_input = UserInput(user.user_id, user._attributes, user._segments)
-        decision = self.engine.decide_flag(
-            flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
-        )
+        decision = None
+        if profile is None and not user._forced and not choices.with_reasons:
+            decision = self.engine.decide_flag_lean(
+                flag, user.user_id, user._attributes, user._segments
+            )
+        if decision is None:
+            user_input = UserInput(user.user_id, user._attributes, user._segments)
+            decision = self.engine.decide_flag(
+                flag, user_input, user._forced, profile, include_reasons=choices.with_reasons
+            )
         enabled = decision.enabled
         variation = decision.variation
         dispatched = False

@@ -163,6 +163,8 @@ class CompiledProject:
         self.rule_holdouts: Mapping[str, tuple[Rule, ...]] = {
             k: tuple(v) for k, v in rule_holdouts.items()
         }
+        #: Whether any holdout runs, global or local (the lean decide path has none).
+        self.has_holdouts = bool(self.global_holdouts or self.rule_holdouts)
         self._flags: dict[str, FlagPlan] = {}
         for flag in config.flags_by_key.values():
             rule_ids = [i for i in flag.experiment_ids if i in self._rules]

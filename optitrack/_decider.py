@@ -127,17 +127,25 @@ class Decider(ClassicDecisions):
         self, user: UserContext, key: str, options: Iterable[DecideOption | str] | None
     ) -> Decision:
         """Decide one flag for a user (:meth:`UserContext.decide`)."""
-        prepared = self._prepare(user, key, options)
-        if type(prepared) is Decision:
-            return prepared
-        flag, choices = prepared  # type: ignore[misc]
+        intake = self._intake
+        # The common call (a known flag, no options, a running client) skips _prepare.
+        flag = None
+        if not options and intake.state == RUNNING and type(key) is str:
+            flag = self._config.flags_by_key.get(key)
+        if flag is None:
+            prepared = self._prepare(user, key, options)
+            if type(prepared) is Decision:
+                return prepared
+            flag, choices = prepared  # type: ignore[misc]
+        else:
+            choices = self.options.defaults
         profile = None
         if self._profiles.service is not None and choices.use_profiles:
             profile = await self._profiles.load(user.user_id)
         impressions: list[bytes] = []
         result = self._decide_for(user, flag, profile, choices, impressions)
         if impressions:
-            await self._intake.put_impressions(impressions)
+            await intake.put_impressions(impressions)
         if profile is not None and profile.changed:
             await self._profiles.save(profile)
         return result

@@ -287,14 +287,16 @@ async def test_a_stalled_answer_is_a_read_timeout() -> None:
 
 
 async def test_a_server_that_never_reads_is_a_write_timeout() -> None:
-    async def handler(stream: anyio.abc.ByteStream, number: int) -> None:
-        await anyio.sleep_forever()
-
-    transport = LeanTransport(4)
-    async with scripted(handler) as server:
+    # A listening socket nobody accepts from: the kernel takes the connection, and no
+    # event loop reads its data into memory.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = "http://127.0.0.1:%d/v1/events" % listener.getsockname()[1]
+        transport = LeanTransport(4)
         body = b"x" * (64 * 1024 * 1024)  # far more than the sockets' buffers hold
-        with pytest.raises(httpx.WriteTimeout):
-            await transport.post(server.url, body, HEADERS, Timeouts(5, 5, 0.3, 5, 0.5))
+        with anyio.fail_after(10), pytest.raises(httpx.WriteTimeout):
+            await transport.post(url, body, HEADERS, Timeouts(5, 5, 0.3, 5, 0.5))
 
 
 async def test_a_stalled_tls_handshake_is_a_connect_timeout() -> None:

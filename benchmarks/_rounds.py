@@ -68,12 +68,17 @@ class Run:
         """Events over the time from the first call to the last delivery."""
         return self.events / self.seconds
 
+    @property
+    def cpu_us_per_event(self) -> float:
+        """The client process's CPU per delivered event, in microseconds."""
+        return self.cpu_seconds / max(self.received, 1) * 1e6
+
     def line(self) -> str:
         """The figures on one line."""
         ok = "ok" if self.received == self.events and not self.duplicates else "MISMATCH"
         return (
             f"{self.events_per_s:>9,.0f} events/s, "
-            f"{self.cpu_seconds / max(self.received, 1) * 1e6:5.2f} us CPU/event, "
+            f"{self.cpu_us_per_event:5.2f} us CPU/event, "
             f"{self.received:,}/{self.events:,} received ({ok}), {self.requests:,} requests"
         )
 
@@ -157,19 +162,25 @@ def section_rounds(
         f"per optitrack run, {peer_events:,} per optimizely-sdk run; fresh dicts per call)"
     )
     rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for n in range(rounds):
         for label, batch_size, transport in OPTITRACK_CONFIGS:
             run = anyio.run(optitrack_run, collector, events, batch_size, transport)
             rates.setdefault(label, []).append(run.events_per_s)
+            cpu.setdefault(label, []).append(run.cpu_us_per_event)
             print(f"  round {n + 1} {label:<32} {run.line()}")
         if peer:
             run = optimizely_run(collector, peer_events, 100)
             rates.setdefault(PEER, []).append(run.events_per_s)
+            cpu.setdefault(PEER, []).append(run.cpu_us_per_event)
             print(f"  round {n + 1} {PEER:<32} {run.line()}")
     print()
-    print("  median events/s (every round):")
+    print("  median events/s (every round); client CPU us per event (every round):")
     for label, values in rates.items():
-        print(f"  {label:<32} {median(values):>9,.0f}  {spread(values, '{:,.0f}')}")
+        print(
+            f"  {label:<32} {median(values):>9,.0f}  {spread(values, '{:,.0f}')}"
+            f"  {median(cpu[label]):6.2f}  {spread(cpu[label])}"
+        )
     if PEER in rates:
         base = median(rates[PEER])
         print(f"  ratios to {PEER} (median of the rounds; each round's own ratio):")

@@ -233,6 +233,8 @@ class LeanTransport:
         """POST ``body`` to ``url`` (see :meth:`Transport.post`)."""
         origin = self._origins.get(url)
         if origin is None:
+            if len(self._origins) >= 64:  # redirect targets could be many
+                self._origins.clear()
             origin = self._origins[url] = _parse(url)
         key = (os.getpid(), origin.scheme, origin.host, origin.port)
         pool = self._pools.get(key)

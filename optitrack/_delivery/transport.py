@@ -242,10 +242,13 @@ class LeanTransport:
             pool = self._pools[key] = _Pool(self._size)
         request = _request(origin, body, headers)
         try:
-            with anyio.fail_after(timeouts.pool):
-                await pool.slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection free within the pool timeout") from None
+            pool.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(timeouts.pool):
+                    await pool.slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection free within the pool timeout") from None
         try:
             connection = await pool.take_idle()
             if connection is not None:
@@ -329,85 +332,93 @@ async def _exchange(
     timeouts: Timeouts,
     reused: bool,
 ) -> Answer:
-    """One request and its answer on ``connection``, kept in ``pool`` if still usable."""
+    """One request and its answer on ``connection``, kept in ``pool`` if still usable.
+
+    One cancel scope times every phase (its deadline moves on as the phases do): a scope
+    each costs more than the rest of the exchange's bookkeeping.
+    """
     conn = connection.h11
     stream = connection.stream
     kept = False
+    phase = _WRITE
+    received = False
+    answer: Answer | None = None
+    excerpt = bytearray()
     try:
         data = b"".join(
             conn.send(event) or b"" for event in (request, h11.Data(data=body), h11.EndOfMessage())
         )
-        try:
-            with anyio.fail_after(timeouts.write):
+        with anyio.CancelScope(deadline=anyio.current_time() + timeouts.write) as scope:
+            try:
                 await stream.send(data)
-        except TimeoutError:
-            raise httpx.WriteTimeout("sending the request timed out") from None
-        except _GONE as exc:
-            if reused:
-                raise _Stale from exc
-            raise httpx.WriteError(f"sending the request failed: {exc!r}") from exc
-
-        received = False
-        try:
-            with anyio.fail_after(timeouts.read):
+                phase = _READ
+                scope.deadline = anyio.current_time() + timeouts.read
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        try:
-                            chunk = await stream.receive(_RECEIVE_SIZE)
-                        except anyio.EndOfStream:
-                            chunk = b""
+                        chunk = await _receive(stream)
                         received = received or bool(chunk)
                         conn.receive_data(chunk)
                     elif isinstance(event, h11.Response):
                         break
                     elif isinstance(event, h11.ConnectionClosed):
-                        if reused and not received:
-                            raise _Stale
-                        raise httpx.RemoteProtocolError(
-                            "Server disconnected without sending a response."
-                        )
-        except TimeoutError:
-            raise httpx.ReadTimeout("no answer within the read timeout") from None
-        except h11.RemoteProtocolError as exc:
-            if reused and not received:
-                raise _Stale from exc
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-        except _GONE as exc:
-            if reused and not received:
-                raise _Stale from exc
-            raise httpx.ReadError(f"reading the answer failed: {exc!r}") from exc
+                        raise anyio.EndOfStream
+            except (h11.RemoteProtocolError, *_GONE) as exc:
+                if reused and not received:
+                    raise _Stale from exc
+                if phase is _WRITE:
+                    raise httpx.WriteError(f"sending the request failed: {exc!r}") from exc
+                if isinstance(exc, h11.RemoteProtocolError):
+                    raise httpx.RemoteProtocolError(str(exc)) from exc
+                if isinstance(exc, anyio.EndOfStream):
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    ) from exc
+                raise httpx.ReadError(f"reading the answer failed: {exc!r}") from exc
 
-        status = event.status_code
-        answer_headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers
-        }
-        excerpt = bytearray()
-        complete = False
-        with anyio.move_on_after(timeouts.read if status >= 300 else timeouts.success_body):
+            status = event.status_code
+            answer = Answer(
+                status,
+                {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers},
+                b"",
+            )
+            phase = _BODY
+            wait = timeouts.read if status >= 300 else timeouts.success_body
+            scope.deadline = anyio.current_time() + wait
             try:
                 while len(excerpt) < RESPONSE_READ_CAP:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        try:
-                            chunk = await stream.receive(_RECEIVE_SIZE)
-                        except anyio.EndOfStream:
-                            chunk = b""
-                        conn.receive_data(chunk)
+                        conn.receive_data(await _receive(stream))
                     elif isinstance(event, h11.Data):
                         excerpt += event.data[: RESPONSE_READ_CAP - len(excerpt)]
                     elif isinstance(event, h11.EndOfMessage):
-                        complete = True
+                        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                            conn.start_next_cycle()
+                            pool.idle.append(connection)
+                            kept = True
                         break
                     else:  # the connection closed mid-body: what came counts
                         break
             except (h11.RemoteProtocolError, *_GONE):
                 pass  # the status line is in: a failure now changes nothing
-        if complete and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            pool.idle.append(connection)
-            kept = True
-        return Answer(status, answer_headers, bytes(excerpt))
+        if answer is None:  # only our own deadline ends the scope without an answer
+            if phase is _WRITE:
+                raise httpx.WriteTimeout("sending the request timed out")
+            raise httpx.ReadTimeout("no answer within the read timeout")
+        return Answer(answer.status, answer.headers, bytes(excerpt))
     finally:
         if not kept:
             await anyio.aclose_forcefully(stream)
+
+
+_WRITE = "write"
+_READ = "read"
+_BODY = "body"
+
+
+async def _receive(stream: anyio.abc.ByteStream) -> bytes:
+    try:
+        return await stream.receive(_RECEIVE_SIZE)
+    except anyio.EndOfStream:
+        return b""  # h11 learns of the end from an empty chunk

@@ -179,10 +179,17 @@ class _Connection:
     def is_stale(self) -> bool:
         """Whether an idle connection has anything to read: the server closed it."""
         try:
+            if _HAS_POLL:  # no limit on descriptor numbers, unlike select()
+                poller = select.poll()
+                poller.register(self.fd, select.POLLIN)
+                return bool(poller.poll(0))
             readable, _, _ = select.select([self.fd], [], [], 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
+
+
+_HAS_POLL = hasattr(select, "poll")
 
 
 class _Pool:
@@ -348,9 +355,15 @@ async def _exchange(
         data = b"".join(
             conn.send(event) or b"" for event in (request, h11.Data(data=body), h11.EndOfMessage())
         )
+        unsent: BaseException | None = None
         with anyio.CancelScope(deadline=anyio.current_time() + timeouts.write) as scope:
             try:
-                await stream.send(data)
+                try:
+                    await stream.send(data)
+                except _GONE as exc:
+                    # The server may have answered before it stopped reading (a 413
+                    # for a body too large): its answer, if any, says more.
+                    unsent = exc
                 phase = _READ
                 scope.deadline = anyio.current_time() + timeouts.read
                 while True:
@@ -366,8 +379,8 @@ async def _exchange(
             except (h11.RemoteProtocolError, *_GONE) as exc:
                 if reused and not received:
                     raise _Stale from exc
-                if phase is _WRITE:
-                    raise httpx.WriteError(f"sending the request failed: {exc!r}") from exc
+                if unsent is not None:
+                    raise httpx.WriteError(f"sending the request failed: {unsent!r}") from exc
                 if isinstance(exc, h11.RemoteProtocolError):
                     raise httpx.RemoteProtocolError(str(exc)) from exc
                 if isinstance(exc, anyio.EndOfStream):

@@ -262,6 +262,23 @@ async def test_a_large_answer_is_capped_and_its_connection_closed() -> None:
         await done.wait()  # the server's writes failed: the client closed it
 
 
+async def test_an_answer_before_the_whole_body_is_read() -> None:
+    async def handler(stream: anyio.abc.ByteStream, number: int) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive()
+        await stream.send(answer(413, b"too large", connection="close"))
+        with suppress(anyio.EndOfStream):
+            while True:  # drained, so that closing sends no reset over the answer
+                await stream.receive()
+
+    transport = LeanTransport(4)
+    async with scripted(handler) as server:
+        got = await transport.post(server.url, b"x" * 4_000_000, HEADERS, QUICK)
+        assert (got.status, got.body) == (413, b"too large")
+    assert transport.connections == 1
+
+
 async def test_a_slow_success_body_is_cut_off_after_success_body() -> None:
     async def handler(stream: anyio.abc.ByteStream, number: int) -> None:
         await server.read_request(stream, h11.Connection(h11.SERVER))

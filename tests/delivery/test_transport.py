@@ -24,6 +24,7 @@ import pytest
 import trustme
 from anyio.streams.tls import TLSListener
 
+import optitrack
 from optitrack._delivery.transport import (
     RESPONSE_READ_CAP,
     Answer,
@@ -469,3 +470,37 @@ def test_proxies_from_the_environment_are_noticed(monkeypatch: pytest.MonkeyPatc
     assert not uses_proxy("http://logx.optimizely.com/v1/events")
     monkeypatch.setenv("NO_PROXY", "logx.optimizely.com")
     assert not uses_proxy("https://logx.optimizely.com/v1/events")
+
+
+class Proxy:
+    """Plays a forward proxy: records each request's target and answers 204."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.targets.append(scope["path"])
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_client_under_an_environment_proxy_sends_through_it(
+    datafile: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Proxy()
+    for name in ("HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    async with serve(app) as proxy:
+        # An endpoint that does not resolve is reached only through the proxy.
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+        async with optitrack.Client(
+            datafile, event_endpoint="http://events.invalid/v1/events"
+        ) as client:
+            await client.track("purchase", "u")
+            assert (await client.flush()).delivered == 1
+    assert app.targets == ["http://events.invalid/v1/events"]

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import h11
 import httpx
 
@@ -281,7 +282,8 @@ class LeanTransport:
         context = None
         if origin.scheme == "https":
             if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
+                # Loading the CA bundle takes tens of milliseconds: off the event loop.
+                self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
             context = self._ssl_context
         try:
             with anyio.fail_after(timeout):

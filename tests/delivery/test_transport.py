@@ -337,6 +337,11 @@ async def test_nothing_listening_is_a_connect_error() -> None:
         await transport.post(f"http://127.0.0.1:{port}/v1/events", BODY, HEADERS, QUICK)
 
 
+async def test_only_http_and_https_are_spoken() -> None:
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await LeanTransport(4).post("ftp://127.0.0.1/v1/events", BODY, HEADERS, QUICK)
+
+
 class Counted(Gate):
     """A gate that also says when ``count`` requests are held at once."""
 

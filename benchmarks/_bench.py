@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -267,3 +268,50 @@ class Stopwatch:
     def elapsed(self) -> float:
         """Seconds since the stopwatch was made."""
         return time.perf_counter() - self.start
+
+
+# optimizely-sdk ---------------------------------------------------------------------------
+
+
+class RequestsDispatcher:
+    """optimizely-sdk's default ``EventDispatcher``, sending to another URL.
+
+    The same code as ``optimizely.event_dispatcher.EventDispatcher.dispatch_event`` for a
+    POST (a new ``requests.Session`` per batch, urllib3 retries on 5xx, the SDK's timeout),
+    only with the collector's URL instead of the Events API's.
+
+    Args:
+        url: Where to post.
+    """
+
+    def __init__(self, url: str) -> None:
+        import requests
+        from optimizely.helpers.enums import EventDispatchConfig
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self.url = url
+        self._requests = requests
+        self._adapter = HTTPAdapter
+        self._retry = Retry
+        self._retries: int = EventDispatchConfig.RETRIES
+        self._timeout: float = EventDispatchConfig.REQUEST_TIMEOUT
+
+    def dispatch_event(self, event: Any) -> None:
+        """Post one log event, as the SDK's default dispatcher does."""
+        try:
+            session = self._requests.Session()
+            retries = self._retry(
+                total=self._retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            )
+            adapter = self._adapter(max_retries=retries)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.post(
+                self.url,
+                data=json.dumps(event.params),
+                headers=event.headers,
+                timeout=self._timeout,
+            ).raise_for_status()
+        except self._requests.exceptions.RequestException as error:
+            logging.error(f"Dispatch event failed. Error: {error}")

@@ -383,7 +383,7 @@ def main(argv: list[str]) -> None:
                 results[label] = (best_of(runs), runs)
                 if not quiet:
                     impressions[label] = Impressions(decisions, None, discard.events)
-            from track import RequestsDispatcher
+            from _bench import RequestsDispatcher
 
             before = collector.stats()
             runs, decisions = optimizely_runs(

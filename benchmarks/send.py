@@ -41,8 +41,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import Collector, print_load, print_machine, table
-from track import RequestsDispatcher, optimizely_installed
+from _bench import Collector, RequestsDispatcher, print_load, print_machine, table
+from track import optimizely_installed
 
 import optitrack
 from optitrack._cli.send import quiet_refusals, send

@@ -27,20 +27,24 @@ What it measures, on asyncio and on Trio (medians of repeated runs):
 7. optimizely-sdk 5.7.0's ``Optimizely.track`` with its ``BatchEventProcessor``, with its
    defaults (batch size 1) and with ``batch_size=100`` (to both collectors), its
    dispatcher's code pointed at the same collector: caller time, delivered events/s, CPU
-   per event, and the ratios. Skipped, saying so, when optimizely-sdk is not installed.
+   per event, and the ratios. Skipped, saying so, when optimizely-sdk is not installed;
+8. delivered events/s in 3 interleaved rounds (``_rounds.py``): optitrack with its
+   defaults and with ``batch_size=500``, each through its own transport and through an
+   ``httpx.AsyncClient``, and optimizely-sdk with ``batch_size=100``, fresh attribute and
+   tag dicts per call, to the parsing stand-in (``--counting``: the counting one); the
+   medians, every round's figure, and the ratios.
 
 Run it from the repository root::
 
     python benchmarks/track.py           # the full run, under 2 minutes
     python benchmarks/track.py --quick   # a smoke run with small counts, under 20 s
+    python benchmarks/track.py --rounds  # section 8 alone, about a minute
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import logging
 import queue
 import sys
 import time
@@ -55,6 +59,7 @@ from _bench import (
     EVENT_KEY,
     USERS,
     Collector,
+    RequestsDispatcher,
     datafile_text,
     delta,
     median,
@@ -64,6 +69,7 @@ from _bench import (
     spread,
     table,
 )
+from _rounds import section_rounds
 
 import optitrack
 
@@ -87,6 +93,7 @@ class Sizes:
     opt_runs: int
     opt_events_batch1: int
     opt_events_batch100: int
+    rounds_events: int
 
 
 FULL = Sizes(
@@ -100,6 +107,7 @@ FULL = Sizes(
     opt_runs=3,
     opt_events_batch1=1_500,
     opt_events_batch100=30_000,
+    rounds_events=100_000,
 )
 QUICK = Sizes(
     runs=1,
@@ -112,6 +120,7 @@ QUICK = Sizes(
     opt_runs=1,
     opt_events_batch1=300,
     opt_events_batch100=3_000,
+    rounds_events=10_000,
 )
 
 #: Caller-time runs: the defaults, with a queue big enough that no call is refused.
@@ -371,50 +380,6 @@ def request_header_bytes(url: str, body_size: int) -> int:
 # optimizely-sdk -------------------------------------------------------------------------
 
 
-class RequestsDispatcher:
-    """optimizely-sdk's default ``EventDispatcher``, sending to another URL.
-
-    The same code as ``optimizely.event_dispatcher.EventDispatcher.dispatch_event`` for a
-    POST (a new ``requests.Session`` per batch, urllib3 retries on 5xx, the SDK's timeout),
-    only with the collector's URL instead of the Events API's.
-
-    Args:
-        url: Where to post.
-    """
-
-    def __init__(self, url: str) -> None:
-        import requests
-        from optimizely.helpers.enums import EventDispatchConfig
-        from requests.adapters import HTTPAdapter
-        from urllib3.util.retry import Retry
-
-        self.url = url
-        self._requests = requests
-        self._adapter = HTTPAdapter
-        self._retry = Retry
-        self._retries: int = EventDispatchConfig.RETRIES
-        self._timeout: float = EventDispatchConfig.REQUEST_TIMEOUT
-
-    def dispatch_event(self, event: Any) -> None:
-        """Post one log event, as the SDK's default dispatcher does."""
-        try:
-            session = self._requests.Session()
-            retries = self._retry(
-                total=self._retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-            )
-            adapter = self._adapter(max_retries=retries)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.post(
-                self.url,
-                data=json.dumps(event.params),
-                headers=event.headers,
-                timeout=self._timeout,
-            ).raise_for_status()
-        except self._requests.exceptions.RequestException as error:
-            logging.error(f"Dispatch event failed. Error: {error}")
-
-
 @dataclass(frozen=True)
 class PeerRun:
     """One optimizely-sdk run: caller times and delivery."""
@@ -612,11 +577,33 @@ def main(argv: list[str]) -> None:
     """Run every measurement and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, under 20 s")
+    parser.add_argument(
+        "--rounds", action="store_true", help="section 8 alone: interleaved rounds, ~1 min"
+    )
+    parser.add_argument(
+        "--counting",
+        action="store_true",
+        help="section 8 to the counting stand-in instead of the parsing one",
+    )
     args = parser.parse_args(argv[1:])
     sizes = QUICK if args.quick else FULL
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     print_machine("optitrack track benchmark", argv)
+    if args.rounds:
+        with Collector(count_only=args.counting) as collector:
+            kind = "counting" if args.counting else "parsing"
+            print(f"collector: pid {collector.pid}, {collector.url} ({kind}, separate process)")
+            print()
+            section_rounds(
+                collector,
+                sizes.runs,
+                sizes.rounds_events,
+                sizes.opt_events_batch100,
+                optimizely_installed() is not None,
+            )
+        print_load()
+        return
     print(f"timer overhead (two perf_counter_ns calls, median): {timer_overhead_ns():.0f} ns")
     print()
 
@@ -638,6 +625,13 @@ def main(argv: list[str]) -> None:
         drain = section_drain(collector, sizes)
         section_wire(collector, throughput["asyncio"], memory)
         peer = section_peer(collector, counting, sizes)
+        section_rounds(
+            counting if args.counting else collector,
+            sizes.runs,
+            sizes.rounds_events,
+            sizes.opt_events_batch100,
+            bool(peer),
+        )
 
     summarize(caller, throughput, counted, tuned, memory, drain, peer, sizes)
     print()

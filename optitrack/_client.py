@@ -45,6 +45,7 @@ from ._delivery import (
     RetryPolicy,
     check_endpoint,
 )
+from ._delivery.transport import HttpxTransport, LeanTransport, Transport, uses_proxy
 from ._exceptions import ClientStateError, unwrap_single_group
 from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake, timestamp_problem
 from ._logging import log_closed, log_started
@@ -108,7 +109,9 @@ class Client(ClassicCalls):
         close_timeout: Seconds the drain on close may take, at most.
         retry: The retry policy.
         http_client: An ``httpx.AsyncClient`` to send with; the client does not close it.
-            By default the client makes and closes its own.
+            By default events go through optitrack's own HTTP/1.1 keep-alive transport
+            (through httpx when ``HTTP(S)_PROXY`` applies), and datafiles through an
+            ``httpx.AsyncClient`` the client makes and closes.
         strict: Raise :class:`TrackError` (and :class:`DecisionError`) instead of
             returning a refusal: for tests and development.
         user_profile_service: Where sticky bucketing is kept (see
@@ -225,7 +228,10 @@ class Client(ClassicCalls):
             )
         async with AsyncExitStack() as stack:
             http = self._http
-            if http is None:
+            # Events go through the lean transport unless the application gave its own
+            # httpx client or the environment asks for a proxy (httpx speaks to proxies).
+            lean = http is None and not uses_proxy(self.event_endpoint)
+            if http is None and (self._manager is not None or not lean):
                 connections = self._options.max_in_flight + 1
                 http = await stack.enter_async_context(
                     httpx.AsyncClient(
@@ -235,14 +241,22 @@ class Client(ClassicCalls):
                         timeout=self._options.retry.attempt_timeout,
                     )
                 )
+            transport: Transport
+            if lean:
+                transport = LeanTransport(self._options.max_in_flight)
+                stack.push_async_callback(transport.aclose)
+            else:
+                assert http is not None
+                transport = HttpxTransport(http)
             task_group = await stack.enter_async_context(anyio.create_task_group())
-            await task_group.start(self._processor.run, http)
+            await task_group.start(self._processor.run, transport)
             self._ready_event = anyio.Event()
             self._intake.thread = get_ident()
             self._intake.state = RUNNING if self._ready else NO_DATAFILE
             if self._ready:
                 self._ready_event.set()
             if self._manager is not None:
+                assert http is not None
                 await task_group.start(self._manager.run, http)
                 if not self._ready:
                     await self._manager.wait_first(lambda: self._ready)

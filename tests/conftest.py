@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import optitrack
-from optitrack.testing import ASGIApp
+from optitrack.testing import ASGIApp, serve
 
 SHARED_FIXTURES = Path(__file__).parent / "fixtures"
 EVENTS_URL = "http://events.test/v1/events"
@@ -40,11 +40,27 @@ def datafile() -> dict[str, Any]:
     return load_fixture("datafile_example.json")  # type: ignore[no-any-return]
 
 
+#: Whether :func:`asgi_client` serves its app on 127.0.0.1 and sends through the client's
+#: own transport instead (tests/delivery/conftest.py sets it, test by test).
+OVER_LOOPBACK = False
+
+
 @asynccontextmanager
 async def asgi_client(
     app: ASGIApp, datafile: Mapping[str, Any], **options: Any
 ) -> AsyncIterator[optitrack.Client]:
-    """A running client whose requests go in-process to ``app`` (no sockets)."""
+    """A running client whose requests go in-process to ``app`` (no sockets).
+
+    With :data:`OVER_LOOPBACK` set, ``app`` is served on 127.0.0.1 instead, and the client
+    sends through its default transport.
+    """
+    if OVER_LOOPBACK:
+        async with (
+            serve(app) as server,
+            optitrack.Client(datafile, event_endpoint=server.url, **options) as client,
+        ):
+            yield client
+        return
     transport = httpx.ASGITransport(app=app)
     async with (
         httpx.AsyncClient(transport=transport) as http,

@@ -21,7 +21,9 @@ parts. Data flows one way::
                                              breaker, 400/413 halves, LOG_EVENT
                                                   │
                                                   ▼
-                                             httpx.AsyncClient ──▶ endpoint
+                                             Transport.post ─────────── transport.py
+                                             LeanTransport (h11 keep-alive) or
+                                             HttpxTransport ──▶ endpoint
 
     Sender.send returns an outcome (delivered, a drop reason, or two halves); the
     processor hands it to the queue's ledger (finish or split).

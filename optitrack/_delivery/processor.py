@@ -30,6 +30,7 @@ from .batch import Part
 from .options import BatchOptions
 from .queue import BatchQueue
 from .sender import Sender
+from .transport import Transport
 
 __all__ = ["BatchProcessor"]
 
@@ -81,14 +82,15 @@ class BatchProcessor:
 
     async def run(
         self,
-        http_client: httpx.AsyncClient,
+        transport: Transport | httpx.AsyncClient,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Deliver until closed, then drain within the close deadline.
 
         Args:
-            http_client: What to send with (the processor does not close it).
+            transport: What to send with (the processor does not close it); an
+                ``httpx.AsyncClient`` is sent with as it is.
             task_status: Set once the worker is ready.
 
         A cancellation from outside (the task owning the client was cancelled) also
@@ -99,7 +101,7 @@ class BatchProcessor:
         # made before a fork and first entered in the child is the child's own.
         _live_processors.add(self)
         self._now = self.queue.clock = _loop_clock()
-        self._sender.attach(http_client, self._now)
+        self._sender.attach(transport, self._now)
         try:
             # close() sets this scope's deadline: everything, the drain included, ends by it.
             with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:

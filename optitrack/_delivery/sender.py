@@ -1,9 +1,10 @@
 """Sending one part until it is delivered, given up on, or must be split.
 
-Owns everything between a part and the transport: the body (gzipped off the event loop
-when large), the headers (``Idempotency-Key``, the attempt count), the attempts and the
-backoff between them, ``Retry-After`` pauses by endpoint, the circuit breaker, the 400 and
-413 bisection, reading the answer, and the LOG_EVENT notifications. It must not touch the
+Owns everything between a part and the transport (:mod:`.transport`): the body (gzipped
+off the event loop when large), the headers (``Idempotency-Key``, the attempt count), the
+attempts and the backoff between them, ``Retry-After`` pauses by endpoint, the circuit
+breaker, the 400 and 413 bisection, what an answer means (the 307/308 followed once), and
+the LOG_EVENT notifications. It must not touch the
 queue or the ledger: :meth:`Sender.send` returns an outcome, and the processor accounts
 for it. It starts no task and knows nothing of what an item holds.
 """
@@ -27,15 +28,13 @@ from .._results import Reason
 from .._version import __version__
 from .batch import Part
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
+from .transport import RESPONSE_READ_CAP, HttpxTransport, Timeouts, Transport
 
 __all__ = ["GZIP_IN_THREAD_BYTES", "RESPONSE_READ_CAP", "Outcome", "Sender"]
 
 
 #: Bodies at least this large are compressed in a worker thread, off the event loop.
 GZIP_IN_THREAD_BYTES = 64 * 1024
-
-#: The most of an answer's body read (for the DEBUG log); the rest is never read.
-RESPONSE_READ_CAP = 64 * 1024
 
 #: How long a 2xx answer's body is waited for, at most: it changes nothing.
 SUCCESS_BODY_WAIT = 0.5
@@ -52,7 +51,7 @@ Outcome: TypeAlias = tuple[Part, Part] | str | None
 
 
 class Sender:
-    """Sends parts over an HTTP client, with retries, a circuit breaker and bisection.
+    """Sends parts over a transport, with retries, a circuit breaker and bisection.
 
     Args:
         retry: When to retry, how long to wait, when to give up.
@@ -79,7 +78,8 @@ class Sender:
         self._notifications = notifications
         self._gzip = gzip
         self._on_breaker = on_breaker
-        self._http: httpx.AsyncClient | None = None
+        self._transport: Transport | None = None
+        self._timeouts = Timeouts.uniform(retry.attempt_timeout, SUCCESS_BODY_WAIT)
         self._now: Callable[[], float] = anyio.current_time
         self.requests = 0
         self.retries = 0
@@ -96,9 +96,17 @@ class Sender:
         # before they are sent.
         self._refused_size: dict[str, int] = {}
 
-    def attach(self, http_client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
-        """Send with ``http_client`` (never closed here), and time with ``clock``."""
-        self._http = http_client
+    def attach(self, transport: Transport | httpx.AsyncClient, clock: Callable[[], float]) -> None:
+        """Send with ``transport`` (never closed here), and time with ``clock``.
+
+        Args:
+            transport: What posts; an ``httpx.AsyncClient`` is wrapped in a
+                :class:`~optitrack._delivery.transport.HttpxTransport`.
+            clock: The event loop's clock.
+        """
+        if isinstance(transport, httpx.AsyncClient):
+            transport = HttpxTransport(transport)
+        self._transport = transport
         self._now = clock
 
     def nudge(self) -> None:
@@ -248,56 +256,35 @@ class Sender:
         self, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int | None, str | None, float | None, str | None]:
         """One POST: (status, error or excerpt, Retry-After, Location)."""
-        timeout = self._retry.attempt_timeout
-        assert self._http is not None
-        status: int | None = None
-        excerpt = bytearray()
-        retry_after = None
-        location = None
-        with anyio.move_on_after(timeout):
+        assert self._transport is not None
+        answer = None
+        with anyio.move_on_after(self._retry.attempt_timeout):
             try:
-                async with self._http.stream(
-                    "POST", url, content=body, headers=headers, timeout=timeout
-                ) as response:
-                    status = response.status_code
-                    if is_retryable_status(status):
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    location = response.headers.get("Location")
-                    # Read a little of the answer: for the log, and so that a short one
-                    # leaves the connection reusable. Past the cap, or when a success's
-                    # body is slow, the connection is closed on exit rather than drained.
-                    wait = timeout if status >= 300 else SUCCESS_BODY_WAIT
-                    with anyio.move_on_after(wait) as reading:
-                        async for chunk in response.aiter_raw():
-                            excerpt += chunk[: RESPONSE_READ_CAP - len(excerpt)]
-                            if len(excerpt) >= RESPONSE_READ_CAP:
-                                # Cancelled, not left by ``break``: the stream's
-                                # generators end now, and the connection is closed.
-                                reading.cancel()
+                answer = await self._transport.post(url, body, headers, self._timeouts)
             except httpx.TimeoutException:
-                if status is None:
-                    return None, "timeout", None, None
+                return None, "timeout", None, None
             except httpx.HTTPError as exc:
-                if status is None:
-                    return None, type(exc).__name__, None, None
+                return None, type(exc).__name__, None, None
             except Exception as exc:
-                if status is None:
-                    # Not a network failure (a closed or misconfigured http_client, a
-                    # bug below us): a failed attempt all the same, and never the
-                    # worker's end.
-                    self._throttled.log(
-                        logging.ERROR,
-                        "unexpected",
-                        "Sending to the Events API raised %r; counted as a failed attempt.",
-                        exc,
-                    )
-                    return None, type(exc).__name__, None, None
-        if status is None:
+                # Not a network failure (a closed or misconfigured http_client, a bug
+                # below us): a failed attempt all the same, and never the worker's end.
+                self._throttled.log(
+                    logging.ERROR,
+                    "unexpected",
+                    "Sending to the Events API raised %r; counted as a failed attempt.",
+                    exc,
+                )
+                return None, type(exc).__name__, None, None
+        if answer is None:
             return None, "timeout", None, None
+        status = answer.status
+        retry_after = None
+        if is_retryable_status(status):
+            retry_after = parse_retry_after(answer.headers.get("retry-after"))
         text = None
         if status >= 300:
-            text = bytes(excerpt[:RESPONSE_READ_CAP]).decode("utf-8", "replace")
-        return status, text, retry_after, location
+            text = answer.body.decode("utf-8", "replace")
+        return status, text, retry_after, answer.headers.get("location")
 
     def _log_dropped(self, status: int, count: int, answer: str | None) -> None:
         # The answer's body may echo the events: DEBUG only, and capped.

@@ -1,16 +1,40 @@
-"""Helpers shared by the delivery tests: a gate in front of the stand-in, contexts, items."""
+"""Helpers shared by the delivery tests: a gate in front of the stand-in, contexts, items.
+
+Every test that goes through :func:`tests.conftest.asgi_client` runs twice: in-process
+through httpx (``httpx``), and over 127.0.0.1 through the client's own transport
+(``lean``).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
+import pytest
 
 from optitrack import RetryPolicy
 from optitrack._delivery import BatchContext
 from optitrack._events import batch_context
+from tests import conftest as shared
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    function = metafunc.function
+    in_process = metafunc.definition.get_closest_marker("in_process") is not None
+    if not in_process and "asgi_client" in inspect.getsource(function):
+        metafunc.parametrize("transport", ["httpx", "lean"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which transport :func:`tests.conftest.asgi_client` sends through."""
+    kind = str(getattr(request, "param", "httpx"))
+    monkeypatch.setattr(shared, "OVER_LOOPBACK", kind == "lean")
+    return kind
+
 
 FAST = RetryPolicy(attempts=50, wait_initial=0.001, wait_max=0.01, timeout=30)
 

@@ -397,7 +397,7 @@ async def test_log_event_notifications_describe_each_request(datafile: dict[str,
         ("retry", 503, 1),
         ("delivered", 204, 2),
     ]
-    assert seen[0].url == EVENTS_URL
+    assert seen[0].url == client.event_endpoint
     assert seen[0].event_count == 1
     assert seen[0].body == api.requests[0].body
     assert all(n.duration is not None and n.duration >= 0 for n in seen)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
-
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchContext
 from ._logging import Throttled

@@ -126,7 +126,8 @@ def test_an_events_own_timestamp_is_kept_the_same_either_way() -> None:
     factory.conversion(*call)
     fast = factory.fast_conversion(*call, None, 1_764_000_000_123)
     general = factory.conversion(*call, timestamp=1_764_000_000_123)
-    assert fast is not None and general is not None
+    assert fast is not None
+    assert general is not None
     assert b'"timestamp":1764000000123,' in fast
     uuid = re.compile(rb'"uuid":"[0-9a-f-]{36}"')
     assert uuid.sub(b"", fast) == uuid.sub(b"", general)

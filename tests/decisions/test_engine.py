@@ -479,9 +479,7 @@ def test_the_lean_path_decides_as_the_general_one(seed: int) -> None:
     for user, _ in users:
         attributes = user.attributes or {}
         for flag in engine.config.flags_by_key.values():
-            lean = engine.decide_flag_lean(
-                flag, user.user_id, attributes, user.qualified_segments
-            )
+            lean = engine.decide_flag_lean(flag, user.user_id, attributes, user.qualified_segments)
             general = engine.decide_flag(flag, user, {}, None, include_reasons=False)
             if lean is None:
                 continue

@@ -171,8 +171,8 @@ class DatafileManager:
             self.stopped.set()
 
     def close(self) -> None:
-        """Stop polling."""
-        if self._scope is not None:
+        """Stop polling (in a forked child, where the poller is the parent's, do nothing)."""
+        if self._scope is not None and not self._forked:
             self._scope.cancel()
 
     def _after_fork(self) -> None:

@@ -408,7 +408,7 @@ class BatchQueue:
     def give_up(self, reason: Reason) -> int:
         """Stop intake, and count everything queued or in flight as dropped for ``reason``.
 
-        Wakes nobody: it also runs in a forked child, where the loop is not ours.
+        Wakes the flush waiters it settles (in a forked child, :meth:`abandon` wakes nobody).
 
         Returns:
             How many items that was.
@@ -424,6 +424,19 @@ class BatchQueue:
         self._segments.clear()
         self._account(first, count, reason)
         return lost
+
+    def abandon(self, reason: Reason) -> int:
+        """In a forked child: count everything queued or in flight as dropped, wake nobody.
+
+        The waiters, events and the loop they belong to are the parent's: they are
+        forgotten, never set.
+
+        Returns:
+            How many items that was.
+        """
+        self._waiters = []
+        self._wakeup = self._room = None
+        return self.give_up(reason)
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
         """Make every item accepted so far due now, and wait until it is accounted for.

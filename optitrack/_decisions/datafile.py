@@ -275,6 +275,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not part.isidentifier():  # a key of the caller's (a newline must not forge)
+            out += f"[{part!r}]"
         else:
             out += f".{part}" if out else part
     return out or "(datafile)"

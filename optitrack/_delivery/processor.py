@@ -234,7 +234,7 @@ class BatchProcessor:
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
         if self._scope is not None:
             self._scope.deadline = self._deadline
-        self._sender.nudge()
+        self._sender.close()
         self.queue.close()
 
     async def wait_stopped(self) -> None:

@@ -27,8 +27,9 @@ from ..conftest import check_ledger
 
 pytestmark = pytest.mark.anyio
 
-#: The fork cycles of the long test; raise it with ``OPTITRACK_FORK_CYCLES=1000``.
-FORK_CYCLES = int(os.environ.get("OPTITRACK_FORK_CYCLES", "200"))
+#: The fork cycles of the long test (about 15 s per backend on 2 cores); another count
+#: with ``OPTITRACK_FORK_CYCLES``.
+FORK_CYCLES = int(os.environ.get("OPTITRACK_FORK_CYCLES", "1000"))
 
 # A stall of the parent's sockets shows as a timed-out attempt, then a duplicate.
 _RETRY = RetryPolicy(attempt_timeout=1.0, wait_initial=0.001, wait_max=0.01, timeout=30)

@@ -293,11 +293,15 @@ class Client(ClassicCalls):
         the deadline is counted as dropped (``shutdown``) and logged. Leaving
         ``async with`` does the same with ``close_timeout``.
 
+        In a process forked from the one that entered the client, it returns at once: the
+        parent's events are the parent's to send (counted ``forked`` here).
+
         Args:
             timeout: The deadline in seconds from now; defaults to ``close_timeout``.
         """
         intake = self._intake
-        if intake.state == NEW:
+        if intake.state == NEW or self._processor.forked:
+            # In a forked child the worker runs only in the parent: nothing to wait for.
             intake.state = CLOSED
             return
         if self._manager is not None:

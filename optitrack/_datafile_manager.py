@@ -171,8 +171,8 @@ class DatafileManager:
             self.stopped.set()
 
     def close(self) -> None:
-        """Stop polling."""
-        if self._scope is not None:
+        """Stop polling (in a forked child, where the poller is the parent's, do nothing)."""
+        if self._scope is not None and not self._forked:
             self._scope.cancel()
 
     def _after_fork(self) -> None:
@@ -207,7 +207,7 @@ class DatafileManager:
         if config is None:
             return False
         logger.warning(
-            "Using the cached datafile (revision %s) from %r: no fetch succeeded in time.",
+            "Using the cached datafile (revision %r) from %r: no fetch succeeded in time.",
             config.revision,
             os.fspath(path),
         )
@@ -266,7 +266,7 @@ class DatafileManager:
         return options.update_interval
 
     async def _use(self, content: bytes) -> None:
-        config = self._valid(content, f"the datafile fetched from {self.options.url}")
+        config = self._valid(content, f"the datafile fetched from {self.options.url!r}")
         if config is not None:
             if self.options.cache is not None:
                 await self._write_cache(content)
@@ -280,7 +280,16 @@ class DatafileManager:
         try:
             config = load_datafile(content)
         except DatafileError as exc:
-            logger.error("Ignoring %s: %s", where, exc)
+            # A problem may quote a value of the datafile ("(got ...)"): what is wrong and
+            # where at ERROR, the values at DEBUG.
+            first = exc.problems[0].split(" (got ", 1)[0] if exc.problems else "invalid"
+            logger.error(
+                "Ignoring %s: %s%s.",
+                where,
+                first,
+                f" (and {len(exc.problems) - 1} more problem(s))" if len(exc.problems) > 1 else "",
+            )
+            logger.debug("Ignoring %s: %s", where, exc)
             return None
         key = config.sdk_key
         if key is not None and key != self.options.sdk_key:

@@ -11,7 +11,9 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["Throttled", "log_closed", "log_started", "logger"]
+import httpx
+
+__all__ = ["Throttled", "log_closed", "log_started", "logger", "redact_url"]
 
 logger = logging.getLogger("optitrack")
 
@@ -64,17 +66,28 @@ class Throttled:
         return message, args, True
 
 
+def redact_url(url: str) -> str:
+    """``url`` without what may be a secret: a user name, a password, the query."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "(not a URL)"
+    if parsed.userinfo or parsed.query:
+        parsed = parsed.copy_with(username=None, password=None, query=None)
+    return str(parsed)
+
+
 def log_started(endpoint: str, datafile: str, revision: str | None, options: Any) -> None:
     """The one INFO line of a client's start: where events go and the key options.
 
-    Never a payload, a token or a user id.
+    Never a payload, a token or a user id: the endpoint without its user info and query.
     """
     logger.info(
-        "optitrack client started: events to %s, datafile %s (revision %s), batch_size %d, "
+        "optitrack client started: events to %r, datafile %s (revision %s), batch_size %d, "
         "flush_interval %g s, max_queue_size %d, overflow %s, close_timeout %g s.",
-        endpoint,
+        redact_url(endpoint),
         datafile,
-        revision or "none yet",
+        "none yet" if revision is None else repr(revision),
         options.batch_size,
         options.flush_interval,
         options.max_queue_size,

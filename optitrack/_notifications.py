@@ -184,5 +184,12 @@ class NotificationCenter:
         for listener in list(self._listeners[kind].values()):
             try:
                 listener(notification)
-            except Exception:
-                logger.exception("A %s notification listener raised; ignored.", kind.value)
+            except Exception as exc:
+                # The exception's text may carry what the listener was given (user ids,
+                # tags): only its type at ERROR, the traceback at DEBUG.
+                logger.error(
+                    "A %s notification listener raised %s; ignored.",
+                    kind.value,
+                    type(exc).__name__,
+                )
+                logger.debug("The %s notification listener's exception:", kind.value, exc_info=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +28,11 @@ from .._exceptions import DatafileError
 __all__ = ["Datafile", "DatafileSource", "parse_datafile"]
 
 MAX_END_OF_RANGE = 10_000
+
+#: How deeply a datafile's JSON, or an audience's ``conditions``, may nest: far more than
+#: any real datafile needs, and little enough that nothing that walks it can overflow the
+#: stack.
+MAX_DEPTH = 100
 
 
 def _camel(name: str) -> str:
@@ -270,6 +275,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not part.isidentifier():  # a key of the caller's (a newline must not forge)
+            out += f"[{part!r}]"
         else:
             out += f".{part}" if out else part
     return out or "(datafile)"
@@ -326,6 +333,79 @@ def _read(source: DatafileSource) -> tuple[Any, str | None]:
         return json.loads(text), text
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise DatafileError([f"{where}: not valid JSON: {exc}"]) from exc
+    except RecursionError as exc:
+        raise DatafileError([f"{where}: nested deeper than {MAX_DEPTH} levels"]) from exc
+
+
+_SHOWN_STEPS = 6
+
+
+def _too_deep(value: Any, limit: int) -> list[int | str] | None:
+    """Where a container in ``value`` nests more than ``limit`` levels below it, if anywhere.
+
+    Recursion is bounded by ``limit``: a cycle (a mapping given directly) is too deep too.
+    """
+    if limit <= 0:
+        return []
+    items = value.items() if isinstance(value, Mapping) else enumerate(value)
+    for key, item in items:
+        if isinstance(item, Mapping | list | tuple):
+            path = _too_deep(item, limit - 1)
+            if path is not None:
+                path.insert(0, key if isinstance(key, int | str) else repr(key))
+                return path
+    return None
+
+
+def _nests_deeper(raw: Mapping[str, Any], limit: int) -> bool:
+    """Whether a container in ``raw`` is more than ``limit`` levels deep (level by level)."""
+    level: Iterable[Any] = [raw]
+    for _ in range(limit):
+        # By id: a mapping given directly may share containers, and must not blow up.
+        level = {
+            id(item): item
+            for container in level
+            for item in (container.values() if isinstance(container, Mapping) else container)
+            if isinstance(item, Mapping | list | tuple)
+        }.values()
+        if not level:
+            return False
+    return True
+
+
+def _check_depth(raw: Mapping[str, Any]) -> None:
+    if not _nests_deeper(raw, MAX_DEPTH):
+        return
+    path = _too_deep(raw, MAX_DEPTH) or []
+    if path is not None:
+        # Name where the nesting starts: the last key, or the first few steps.
+        keys = [n for n, step in enumerate(path) if isinstance(step, str)]
+        shown = path[: keys[-1] + 1] if keys and keys[-1] < _SHOWN_STEPS else path[:_SHOWN_STEPS]
+        where = _location(tuple(shown)) + ("..." if len(shown) < len(path) else "")
+        raise DatafileError([f"{where}: nested deeper than {MAX_DEPTH} levels"])
+
+
+def _check_conditions(datafile: Datafile) -> None:
+    """Audiences' ``conditions`` strings: JSON nested at most ``MAX_DEPTH`` levels.
+
+    Text that is not JSON is left to the decisions (such an audience never matches, as
+    in Optimizely's SDK).
+    """
+    for audience in datafile.audiences:
+        try:
+            conditions = json.loads(audience.conditions)
+        except ValueError:
+            continue
+        except RecursionError:
+            path: list[int | str] | None = []
+        else:
+            path = (
+                _too_deep(conditions, MAX_DEPTH) if isinstance(conditions, Mapping | list) else None
+            )
+        if path is not None:
+            raise DatafileError(
+                [f"audience {audience.id!r} conditions: nested deeper than {MAX_DEPTH} levels"]
+            )
 
 
 #: What a datafile may be given as: JSON text or bytes, a path, or parsed JSON.
@@ -346,14 +426,18 @@ def parse_datafile(source: DatafileSource) -> tuple[Datafile, str | None]:
     Raises:
         DatafileError: The datafile is not JSON (a file is named), misses a required key,
             has a value of the wrong type, an unsupported ``version`` or an
-            ``endOfRange`` out of ``0..10000``; or it is a URL. The message names every
-            problem and where it is.
+            ``endOfRange`` out of ``0..10000``, nests deeper than ``MAX_DEPTH`` levels
+            (an audience's ``conditions`` string too); or it is a URL. The message names
+            every problem and where it is.
     """
     raw, text = _read(source)
     if not isinstance(raw, Mapping):
         raise DatafileError([f"(datafile): must be a JSON object (got {type(raw).__name__})"])
+    _check_depth(raw)
     try:
-        return Datafile.model_validate(raw), text
+        datafile = Datafile.model_validate(raw)
     except pydantic.ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
         raise DatafileError(problems) from exc
+    _check_conditions(datafile)
+    return datafile, text

@@ -63,8 +63,9 @@ def load_datafile(source: DatafileSource) -> ProjectConfig:
 
     Raises:
         DatafileError: The datafile is not JSON, misses a required key, has a value of the
-            wrong type, an unsupported ``version`` or an ``endOfRange`` out of ``0..10000``.
-            The message names every problem and where it is.
+            wrong type, an unsupported ``version`` or an ``endOfRange`` out of ``0..10000``,
+            or nests deeper than 100 levels (an audience's ``conditions`` string too). The
+            message names every problem and where it is.
     """
     datafile, text = parse_datafile(source)
     return ProjectConfig(datafile, text)

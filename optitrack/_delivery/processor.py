@@ -195,14 +195,18 @@ class BatchProcessor:
             )
 
     def _abandon_after_fork(self) -> None:
-        # In a forked child: the parent owns these items and sends them itself.
+        # In a forked child: the parent owns these items and sends them itself. Only
+        # count them: the inherited loop, its cancel scopes and sockets are the parent's.
+        # Cancelling a scope here would make Trio re-register the parent's sockets in the
+        # epoll instance both processes share, stalling the parent's requests.
         self._forked = True
-        self._give_up(Reason.FORKED)
-        if self._task_group is not None:
-            try:
-                self._task_group.cancel_scope.cancel()
-            except Exception:  # the child may have no running loop at all
-                logger.debug("Could not cancel the worker after fork.", exc_info=True)
+        self.queue.abandon(Reason.FORKED)
+        self._set_aside.clear()
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a forked child's copy of a running processor (it sends nothing)."""
+        return self._forked
 
     # -- control ---------------------------------------------------------------------
 
@@ -216,6 +220,8 @@ class BatchProcessor:
         Returns:
             The outcome for the items accepted before the call.
         """
+        if self._forked:
+            return FlushResult(complete=True, delivered=0, dropped=0, pending=0)
         return await self.queue.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -224,11 +230,13 @@ class BatchProcessor:
         Args:
             timeout: The drain's deadline from now; defaults to ``close_timeout``.
         """
+        if self._forked:
+            return
         deadline = self._now() + (self.options.close_timeout if timeout is None else timeout)
         self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
         if self._scope is not None:
             self._scope.deadline = self._deadline
-        self._sender.nudge()
+        self._sender.close()
         self.queue.close()
 
     async def wait_stopped(self) -> None:

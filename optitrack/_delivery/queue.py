@@ -51,6 +51,19 @@ class _Segment:
         self.nbytes = 0
 
 
+class _Blocked:
+    """A caller waiting for room (``overflow="block"``), with its item."""
+
+    __slots__ = ("ctx", "data", "event", "reason", "served")
+
+    def __init__(self, ctx: BatchContext, data: bytes) -> None:
+        self.ctx = ctx
+        self.data = data
+        self.event = anyio.Event()
+        self.reason: Reason | None = _QUEUE_FULL
+        self.served = False
+
+
 class _FlushWaiter:
     __slots__ = ("delivered", "dropped", "event", "target")
 
@@ -94,6 +107,10 @@ class BatchQueue:
         self._overflow_timeout = options.overflow_timeout
 
         self._segments: deque[_Segment] = deque()
+        # The item count a new item is checked against: 0 while callers wait for room
+        # (overflow="block"), so that nobody jumps ahead of them.
+        self._admit_size = options.max_queue_size
+        self._blocked: deque[_Blocked] = deque()  # first come, first served
         self.queued = 0
         self.queued_bytes = 0
         self._removed = 0  # items that left the queue: seq of the queue's head
@@ -123,6 +140,8 @@ class BatchQueue:
     def put_nowait(self, ctx: BatchContext, data: bytes) -> Reason | None:
         """Enqueue a serialized item without waiting.
 
+        With BLOCK, the queue is full for it while callers of :meth:`put` wait for room.
+
         Args:
             ctx: The item's batch context.
             data: The serialized item.
@@ -137,9 +156,7 @@ class BatchQueue:
         overhead = ctx.overhead
         if size > self._max_event_bytes or size + overhead > self._max_batch_bytes:
             return Reason.EVENT_TOO_LARGE
-        if self.queued >= self._max_queue_size or (
-            self.queued_bytes + size > self._max_queue_bytes
-        ):
+        if self.queued >= self._admit_size or (self.queued_bytes + size > self._max_queue_bytes):
             if not self._drop_oldest:
                 if not self._pressure:
                     self._pressure = True  # send now: waiting for the interval wastes room
@@ -178,7 +195,10 @@ class BatchQueue:
     async def put(self, ctx: BatchContext, data: bytes) -> Reason | None:
         """Enqueue a serialized item; with the BLOCK policy, wait for room.
 
-        With BLOCK, a full queue is waited on for up to ``overflow_timeout``. Whatever
+        With BLOCK, a full queue is waited on for up to ``overflow_timeout``, first come
+        first served: room goes to the callers waiting longest, a new caller queues up
+        behind them, and one that stops waiting (timeout, cancellation) passes its turn
+        on. An item admitted while its caller was being cancelled stays accepted. Whatever
         the policy, the call lets the worker run once per ``batch_size`` calls and at
         every call while the queue is short of room, so that a tight loop of calls that
         awaits nothing else still lets delivery run.
@@ -223,14 +243,38 @@ class BatchQueue:
         return reason
 
     async def _wait_for_room(self, ctx: BatchContext, data: bytes) -> Reason | None:
-        reason: Reason | None = Reason.QUEUE_FULL
-        with anyio.move_on_after(self._overflow_timeout):
-            while reason is Reason.QUEUE_FULL:
-                if self._room is None:
-                    self._room = anyio.Event()
-                await self._room.wait()
-                reason = self.put_nowait(ctx, data)
-        return reason
+        # Whoever makes room admits the waiters in their order of arrival (see _admit):
+        # a woken caller finds its item already queued, and cannot take another's turn.
+        blocked = _Blocked(ctx, data)
+        self._blocked.append(blocked)
+        self._admit_size = 0
+        try:
+            with anyio.move_on_after(self._overflow_timeout):
+                await blocked.event.wait()
+        finally:
+            if not blocked.served:  # timed out or cancelled: its turn passes on
+                self._blocked.remove(blocked)
+                self._admit()
+        return blocked.reason
+
+    def _admit(self) -> None:
+        """Queue the waiting callers' items, first come first served, while they fit."""
+        blocked = self._blocked
+        while blocked:
+            head = blocked[0]
+            self._admit_size = self._max_queue_size
+            reason = self.put_nowait(head.ctx, head.data)
+            if reason is _QUEUE_FULL:
+                self._admit_size = 0
+                return
+            blocked.popleft()
+            head.reason = reason
+            head.served = True
+            head.event.set()
+        self._admit_size = self._max_queue_size
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     def _evict_for(self, size: int) -> None:
         evicted = 0
@@ -256,6 +300,7 @@ class BatchQueue:
         """Stop intake (later puts are refused, ``closed``); every batch is due at once."""
         self._closed = True
         self._wake()
+        self._admit()
         if self._room is not None:
             self._room.set()
             self._room = None
@@ -350,7 +395,9 @@ class BatchQueue:
         if self.queued:
             self._oldest_at = self.clock()
         self._pressure = False
-        if self._room is not None:
+        if self._blocked:
+            self._admit()
+        elif self._room is not None:
             self._room.set()
             self._room = None
         return part
@@ -408,12 +455,13 @@ class BatchQueue:
     def give_up(self, reason: Reason) -> int:
         """Stop intake, and count everything queued or in flight as dropped for ``reason``.
 
-        Wakes nobody: it also runs in a forked child, where the loop is not ours.
+        Wakes the flush waiters it settles (in a forked child, :meth:`abandon` wakes nobody).
 
         Returns:
             How many items that was.
         """
         self._closed = True
+        self._admit()  # the callers waiting for room are refused (closed)
         lost = self.queued + self.in_flight
         for part in list(self._parts):
             self.finish(part, reason)
@@ -424,6 +472,20 @@ class BatchQueue:
         self._segments.clear()
         self._account(first, count, reason)
         return lost
+
+    def abandon(self, reason: Reason) -> int:
+        """In a forked child: count everything queued or in flight as dropped, wake nobody.
+
+        The waiters, events and the loop they belong to are the parent's: they are
+        forgotten, never set.
+
+        Returns:
+            How many items that was.
+        """
+        self._waiters = []
+        self._blocked.clear()
+        self._wakeup = self._room = None
+        return self.give_up(reason)
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
         """Make every item accepted so far due now, and wait until it is accounted for.

@@ -52,8 +52,10 @@ class RetryPolicy:
             While it is open, failed attempts do not count against ``attempts`` (an
             outage says nothing of the batch; ``timeout`` still bounds it), and waiting
             batches go again as soon as the endpoint answers.
-        probe_interval: The longest wait between attempts while the breaker is open, so
-            that the end of an outage is noticed within about that long.
+        probe_interval: The time between two probes while the breaker is open: one
+            request at a time, at most one per interval (the batches in flight take
+            turns), so that the end of an outage is noticed within about that long and
+            costs one request per interval.
 
     Raises:
         ValueError: A value is out of range (the message says which).

@@ -89,6 +89,12 @@ class Sender:
         # Set (then replaced) to end every backoff early: the endpoint answers again, or
         # the client is closing and each batch gets one last attempt.
         self._nudge = anyio.Event()
+        # While the breaker is open, one attempt at a time probes the endpoint, at most one
+        # per probe_interval: the parts already in flight when it opened wait their turn.
+        self._probing = False
+        self._probe_at = -math.inf
+        self._probe_turn = anyio.Event()  # set (then replaced) when a probe ends
+        self._closing = False  # no more pacing: each part gets its last attempt at once
         # Retry-After pauses, by endpoint, on the loop's clock.
         self._resume_at: dict[str, float] = {}
         self._throttled = Throttled()
@@ -113,6 +119,41 @@ class Sender:
         """End every backoff now: each waiting part makes its next attempt at once."""
         self._nudge.set()
         self._nudge = anyio.Event()
+        self._next_probe()
+
+    def close(self) -> None:
+        """The client is closing: each waiting part makes one more attempt at once, even
+        while the breaker is open (the close deadline bounds what follows)."""
+        self._closing = True
+        self.nudge()
+
+    def _next_probe(self) -> None:
+        self._probe_turn.set()
+        self._probe_turn = anyio.Event()
+
+    async def _take_probe_turn(self) -> bool:
+        """While the breaker is open, wait until this part may probe.
+
+        Returns:
+            Whether the attempt to come is the probe (then it must call
+            :meth:`_probe_ended`).
+        """
+        while self._breaker_open and not self._closing:
+            if self._probing:
+                delay = math.inf
+            else:
+                delay = self._probe_at - self._now()
+                if delay <= 0:
+                    self._probing = True
+                    return True
+            with anyio.move_on_after(delay):
+                await self._probe_turn.wait()
+        return False
+
+    def _probe_ended(self) -> None:
+        self._probing = False
+        self._probe_at = self._now() + self._retry.probe_interval
+        self._next_probe()
 
     async def send(self, part: Part) -> Outcome:
         """Send one part until it is delivered or given up on, or must be split.
@@ -137,11 +178,16 @@ class Sender:
             pause = self._resume_at.get(part.ctx.endpoint, -math.inf) - self._now()
             if pause > 0:
                 await anyio.sleep(pause)
+            probe = await self._take_probe_turn()
             part.attempts += 1
             headers = self._headers(part)
             outage = self._breaker_open  # known down: a failure says nothing of this batch
             started = self._now()
-            status, error, retry_after = await self._attempt(part, body, headers)
+            try:
+                status, error, retry_after = await self._attempt(part, body, headers)
+            finally:
+                if probe:
+                    self._probe_ended()
             duration = self._now() - started
             count = len(part.items)
 
@@ -315,6 +361,7 @@ class Sender:
         self._failures += 1
         if not self._breaker_open and self._failures >= self._retry.breaker_threshold:
             self._breaker_open = True
+            self._probe_at = self._now() + self._retry.probe_interval
             if self._on_breaker is not None:
                 self._on_breaker(True)
             logger.warning(

@@ -34,7 +34,13 @@ async def test_the_breaker_limits_concurrency_to_one(datafile: dict[str, Any]) -
     api.fail_all(Respond(503))
     gate = Gate(api)
     gate.open.set()
-    policy = RetryPolicy(attempts=10_000, wait_initial=0.001, wait_max=0.002, breaker_threshold=2)
+    policy = RetryPolicy(
+        attempts=10_000,
+        wait_initial=0.001,
+        wait_max=0.002,
+        breaker_threshold=2,
+        probe_interval=0.001,
+    )
     options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0, retry=policy)
     processor = BatchProcessor(options, NotificationCenter())
     ctx = context(EVENTS_URL)

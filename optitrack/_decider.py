@@ -117,7 +117,7 @@ class Decider(ClassicDecisions):
         flag = self._config.flags_by_key.get(key)
         if flag is None:
             reason = f'No flag was found for key "{key}".'
-            logger.error("No feature flag was found for key '%s'.", key)
+            logger.error("No feature flag was found for key %r.", key)
             if self._strict:
                 raise DecisionError(reason)
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))

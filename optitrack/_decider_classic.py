@@ -116,7 +116,7 @@ class ClassicDecisions:
         )
         self._notify_variation(experiment, user_id, attributes, decision)
         if decision.variation is None:
-            logger.info('Not activating user "%s".', user_id)
+            logger.info("Not activating: the user gets no variation.")
             return None, None
         factory = self._intake.factory
         data = None
@@ -258,7 +258,7 @@ class ClassicDecisions:
             return None
         kind = self.engine.variable_type(flag, variable_key)
         if kind is None:
-            logger.error('Variable with key "%s" not found in the datafile.', variable_key)
+            logger.error("Variable with key %r not found in the datafile.", variable_key)
             return None
         if expected is not None and kind != expected:
             logger.warning(

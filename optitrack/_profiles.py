@@ -181,7 +181,9 @@ class ProfileStore:
         try:
             stored = await self.service.lookup(user_id)
         except Exception:
-            logger.exception('The user profile service failed to look up user "%s".', user_id)
+            # The user id and the traceback (which may hold it) only at DEBUG.
+            logger.error("The user profile service failed to look up a user's profile.")
+            logger.debug("Failed for user %r.", user_id, exc_info=True)
             stored = None
         return UserProfile.from_lookup(user_id, stored)
 
@@ -192,7 +194,9 @@ class ProfileStore:
         try:
             await self.service.save(profile.to_dict())
         except Exception:
-            logger.exception('The user profile service failed to save user "%s".', profile.user_id)
+            # The user id and the traceback (which may hold it) only at DEBUG.
+            logger.error("The user profile service failed to save a user's profile.")
+            logger.debug("Failed for user %r.", profile.user_id, exc_info=True)
 
     def load_nowait(self, user_id: str) -> UserProfile | None:
         """:meth:`load` for the sync calls: ``None`` without a sync service."""
@@ -201,7 +205,9 @@ class ProfileStore:
         try:
             stored = self.sync_service.lookup_nowait(user_id)
         except Exception:
-            logger.exception('The user profile service failed to look up user "%s".', user_id)
+            # The user id and the traceback (which may hold it) only at DEBUG.
+            logger.error("The user profile service failed to look up a user's profile.")
+            logger.debug("Failed for user %r.", user_id, exc_info=True)
             stored = None
         return UserProfile.from_lookup(user_id, stored)
 
@@ -212,4 +218,6 @@ class ProfileStore:
         try:
             self.sync_service.save_nowait(profile.to_dict())
         except Exception:
-            logger.exception('The user profile service failed to save user "%s".', profile.user_id)
+            # The user id and the traceback (which may hold it) only at DEBUG.
+            logger.error("The user profile service failed to save a user's profile.")
+            logger.debug("Failed for user %r.", profile.user_id, exc_info=True)

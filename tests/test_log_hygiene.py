@@ -152,3 +152,47 @@ def test_sync_client_failures(datafile: dict[str, Any], caplog: pytest.LogCaptur
         client.close()
     assert client.statistics().dropped_total == 3
     assert_clean(caplog, "listener raised ValueError", "400", "nope")
+
+
+class _FailingProfiles:
+    """A user profile service whose every call fails, naming the user."""
+
+    async def lookup(self, user_id: str) -> Any:
+        raise RuntimeError(f"lookup failed for {user_id}")
+
+    async def save(self, profile: Any) -> None:
+        raise RuntimeError(f"save failed for {profile['user_id']}")
+
+
+async def test_decision_path_failures(
+    datafile: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="optitrack")
+    async with optitrack.Client(
+        datafile,
+        event_endpoint="http://127.0.0.1:9/v1/events",
+        user_profile_service=_FailingProfiles(),
+        close_timeout=0,
+    ) as client:
+        user = client.create_user_context(USER, {"plan": ATTRIBUTE})
+        user.set_forced_decision(
+            optitrack.DecisionContext("new_checkout"), optitrack.ForcedDecision("nope")
+        )
+        await user.decide("new_checkout")
+        await user.decide(f"no_such_flag{FORGED}")
+        assert client.get_feature_variable_string("new_checkout", f"v{FORGED}", USER) is None
+        assert await client.activate("checkout_test", f"{USER}-qa", {"plan": ATTRIBUTE}) in (
+            None,
+            "control",
+            "treatment",
+        )
+        client.set_forced_variation(f"no_such_experiment{FORGED}", USER, "control")
+    assert_clean(
+        caplog,
+        "failed to look up a user's profile",
+        "No feature flag was found for key",
+        "Variable with key",
+        "Experiment key",
+    )
+    # What INFO leaves out is still there at DEBUG, for whoever turns it on.
+    assert any(USER in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)

@@ -383,7 +383,7 @@ class DecisionEngine(ExperimentDecisions):
                 f"Invalid variation is mapped to flag ({plan.key}) and user ({user_id}) in "
                 "the forced decision map."
             )
-        logger.info(message)
+        logger.debug(message)  # it names the user: never at INFO
         if reasons is not None:
             reasons.append(message)
         return variation
@@ -421,7 +421,7 @@ class DecisionEngine(ExperimentDecisions):
         """
         entry = self._compiled.flag(flag).variables.get(variable_key)
         if entry is None:
-            logger.error('Variable with key "%s" not found in the datafile.', variable_key)
+            logger.error("Variable with key %r not found in the datafile.", variable_key)
             return None
         variable, kind = entry
         return cast(raw_value(variable, variation, self._config.variable_values), kind)

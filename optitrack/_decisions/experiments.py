@@ -273,7 +273,7 @@ class ExperimentDecisions:
         except TypeError:  # an unhashable stored id
             return None
         if variation is None:
-            logger.error('Variation ID "%s" is not in datafile.', variation_id)
+            logger.error("Variation ID %r is not in datafile.", variation_id)
         return variation
 
     def _qualifies(

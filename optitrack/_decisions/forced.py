@@ -52,7 +52,7 @@ class ForcedVariations:
             return False
         experiment = config.experiments_by_key.get(experiment_key)
         if experiment is None:
-            logger.error('Experiment key "%s" is not in datafile.', experiment_key)
+            logger.error("Experiment key %r is not in datafile.", experiment_key)
             return False
         if variation_key is None:
             forced = self.by_user.get(user_id)
@@ -64,7 +64,7 @@ class ForcedVariations:
             return False
         variation = config.variations_by_key.get(experiment_key, {}).get(variation_key)
         if variation is None:
-            logger.error('Variation key "%s" is not in datafile.', variation_key)
+            logger.error("Variation key %r is not in datafile.", variation_key)
             return False
         self.by_user.setdefault(user_id, {})[experiment.id] = variation.id
         logger.debug(
@@ -111,7 +111,7 @@ class ForcedVariations:
         by_id = config.variations_by_id.get(experiment_key)
         variation = by_id.get(variation_id) if by_id else None
         if variation is None:
-            logger.error('Variation ID "%s" is not in datafile.', variation_id)
+            logger.error("Variation ID %r is not in datafile.", variation_id)
             return None
         if reasons is not None:
             reasons.append(

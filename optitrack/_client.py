@@ -38,11 +38,13 @@ from ._delivery import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_SPOOL_BYTES,
     DEFAULT_OVERFLOW_TIMEOUT,
     BatchOptions,
     BatchProcessor,
     Overflow,
     RetryPolicy,
+    SpoolFsync,
     check_endpoint,
 )
 from ._exceptions import ClientStateError, unwrap_single_group
@@ -114,6 +116,13 @@ class Client(ClassicCalls):
         user_profile_service: Where sticky bucketing is kept (see
             :class:`UserProfileService`); none by default.
         default_decide_options: Options added to every ``decide``.
+        spool: A directory for a durable spool (off by default): accepted events are
+            journaled there, a full queue spills to it, what the close deadline could not
+            send stays in it, and the next client on it sends what is left
+            (``docs/reliability.md``).
+        max_spool_bytes: The spool's bound in bytes; ``overflow`` applies when it is full.
+        spool_fsync: When the spool is forced to disk: ``"batch"``, ``"always"`` or
+            ``"never"`` (see :class:`SpoolFsync`).
 
     Raises:
         DatafileError: The datafile is invalid (the message says what and where).
@@ -149,6 +158,9 @@ class Client(ClassicCalls):
         strict: bool = False,
         user_profile_service: UserProfileService | None = None,
         default_decide_options: Iterable[DecideOption | str] = (),
+        spool: str | os.PathLike[str] | None = None,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        spool_fsync: SpoolFsync | str = SpoolFsync.BATCH,
     ) -> None:
         if datafile is None and sdk_key is None:
             raise TypeError("Client() needs a datafile, an sdk_key, or both")
@@ -181,6 +193,9 @@ class Client(ClassicCalls):
             gzip=gzip,
             close_timeout=close_timeout,
             retry=retry if retry is not None else RetryPolicy(),
+            spool=os.fspath(spool) if spool is not None else None,
+            max_spool_bytes=max_spool_bytes,
+            spool_fsync=spool_fsync,  # type: ignore[arg-type]  # BatchOptions checks it
         )
         self._endpoint_given = event_endpoint
         self.event_endpoint = check_endpoint(event_endpoint or config.default_event_endpoint)
@@ -223,6 +238,7 @@ class Client(ClassicCalls):
             raise ClientStateError(
                 f"a client can be entered once (this one is {self._intake.state})"
             )
+        await self._processor.open()
         async with AsyncExitStack() as stack:
             http = self._http
             if http is None:

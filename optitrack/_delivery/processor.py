@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from .batch import Part
 from .options import BatchOptions
 from .queue import BatchQueue
 from .sender import Sender
+from .spool import Spool
+from .spool_queue import SpoolQueue
 
 __all__ = ["BatchProcessor"]
 
@@ -64,7 +67,15 @@ class BatchProcessor:
 
     def __init__(self, options: BatchOptions, notifications: NotificationCenter) -> None:
         self.options = options
-        self.queue = BatchQueue(options)
+        self.spool: Spool | None = None
+        self.queue: BatchQueue
+        if options.spool is None:
+            self.queue = BatchQueue(options)
+        else:
+            self.spool = Spool(
+                options.spool, max_bytes=options.max_spool_bytes, fsync=options.spool_fsync
+            )
+            self.queue = SpoolQueue(options, self.spool)
         self._limiter = anyio.CapacityLimiter(options.max_in_flight)
         self._sender = Sender(
             options.retry, notifications, gzip=options.gzip, on_breaker=self._on_breaker
@@ -76,6 +87,16 @@ class BatchProcessor:
         self._stopped = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
+        self.thread: int | None = None  # the thread whose loop runs the worker
+
+    async def open(self) -> None:
+        """Open the spool, if there is one: take its lock, read what was left in it.
+
+        Raises:
+            SpoolLockedError: Another client holds the spool.
+        """
+        if isinstance(self.queue, SpoolQueue):
+            await self.queue.open()
 
     # -- the worker ------------------------------------------------------------------
 
@@ -98,6 +119,7 @@ class BatchProcessor:
         # Only a running processor has events a fork must leave to the parent: a client
         # made before a fork and first entered in the child is the child's own.
         _live_processors.add(self)
+        self.thread = threading.get_ident()
         self._now = self.queue.clock = _loop_clock()
         self._sender.attach(http_client, self._now)
         try:
@@ -105,6 +127,8 @@ class BatchProcessor:
             with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
+                    if self.spool is not None:
+                        task_group.start_soon(self.spool.writer)
                     task_status.started()
                     await self._pump()
                     await self.queue.wait_idle(self._remaining())
@@ -112,7 +136,8 @@ class BatchProcessor:
         finally:
             self.queue.close()
             try:
-                if not self._forked and (self.queue.queued or self.queue.in_flight):
+                queue = self.queue
+                if not self._forked and (queue.queued or queue.in_flight or queue.spilled):
                     # Cancelled from outside (the task owning the client was): drain
                     # anyway, shielded, within the deadline.
                     remaining = self._remaining()
@@ -125,6 +150,8 @@ class BatchProcessor:
                                 task_group.cancel_scope.cancel()
             finally:
                 self._give_up(Reason.SHUTDOWN)
+                if self.spool is not None and not self._forked:
+                    self.spool.close()
                 self._task_group = None
                 self._stopped.set()
 
@@ -184,8 +211,16 @@ class BatchProcessor:
 
     def _give_up(self, reason: Reason) -> None:
         """Count everything queued or in flight as dropped."""
+        kept = self.queue.kept
         lost = self.queue.give_up(reason)
         self._set_aside.clear()
+        if self.queue.kept > kept:
+            logger.warning(
+                "Shutdown deadline passed: %d event(s) not yet sent were kept in the spool %r "
+                "for the next client.",
+                self.queue.kept - kept,
+                self.options.spool,
+            )
         if lost and reason is Reason.SHUTDOWN:
             logger.error(
                 "Shutdown deadline passed: %d event(s) still queued or in flight were dropped.",
@@ -254,6 +289,10 @@ class BatchProcessor:
             requests=sender.requests,
             retries=sender.retries,
             bytes_sent=sender.bytes_sent,
+            spooled=queue.spilled + queue.kept,
+            recovered=self.spool.recovered if self.spool is not None else 0,
+            spool_skipped=self.spool.skipped if self.spool is not None else 0,
+            spool_bytes=self.spool.live_bytes if self.spool is not None else 0,
         )
 
 

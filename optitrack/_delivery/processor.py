@@ -34,7 +34,7 @@ from .sender import Sender
 from .spool import Spool
 from .spool_queue import SpoolQueue
 
-__all__ = ["BatchProcessor"]
+__all__ = ["BatchProcessor", "running_processors"]
 
 
 _NOTHING_REFUSED: Mapping[str, int] = MappingProxyType({})
@@ -48,6 +48,15 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def running_processors(thread: int) -> list[BatchProcessor]:
+    """The processors whose worker runs on ``thread``'s loop and has not stopped."""
+    return [
+        p
+        for p in list(_live_processors)
+        if p.thread == thread and not p._stopped.is_set() and not p._forked
+    ]
 
 
 class BatchProcessor:

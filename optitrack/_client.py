@@ -238,7 +238,7 @@ class Client(ClassicCalls):
             raise ClientStateError(
                 f"a client can be entered once (this one is {self._intake.state})"
             )
-        await self._processor.open()
+        await self._processor.open(self.event_endpoint)
         async with AsyncExitStack() as stack:
             http = self._http
             if http is None:

@@ -98,14 +98,17 @@ class BatchProcessor:
         self._scope: anyio.CancelScope | None = None
         self.thread: int | None = None  # the thread whose loop runs the worker
 
-    async def open(self) -> None:
+    async def open(self, endpoint: str) -> None:
         """Open the spool, if there is one: take its lock, read what was left in it.
+
+        Args:
+            endpoint: Where the events an earlier process left in the spool are sent.
 
         Raises:
             SpoolLockedError: Another client holds the spool.
         """
         if isinstance(self.queue, SpoolQueue):
-            await self.queue.open()
+            await self.queue.open(endpoint)
 
     # -- the worker ------------------------------------------------------------------
 

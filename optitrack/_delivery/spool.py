@@ -114,6 +114,9 @@ class Spool:
         self._read_contexts: dict[int, BatchContext] = {}
         self._abandoned = False
         self._closed = False
+        #: Where the events an earlier process left are sent (``None``: where it sent).
+        self.readdress: str | None = None
+        self._own_from = 0  # the number of the first segment this spool wrote
 
     # -- opening ---------------------------------------------------------------------
 
@@ -169,7 +172,8 @@ class Spool:
         if self._segments:
             self._read_number = self._segments[0].number
             self._read_at = len(MAGIC)
-        self._roll((numbers[-1] + 1) if numbers else 1)
+        self._own_from = (numbers[-1] + 1) if numbers else 1
+        self._roll(self._own_from)
 
     def _segment_path(self, number: int) -> str:
         return os.path.join(self.path, f"{number:012d}.seg")
@@ -236,6 +240,12 @@ class Spool:
         fd = self._fd
         if fd is not None and not self._abandoned:
             os.fsync(fd)
+
+    async def commit(self) -> None:
+        """Write the buffered records, and fsync them unless the policy is ``never``."""
+        self.write()
+        if self._fsync is not SpoolFsync.NEVER and self._fd is not None:
+            await anyio.to_thread.run_sync(self.sync)
 
     def _roll(self, number: int) -> None:
         if self._fd is not None:
@@ -313,11 +323,12 @@ class Spool:
                 self._read_seq = first_seq
                 self._read_contexts = {}
             size = _READ_CHUNK
+            endpoint = self.readdress if number < self._own_from else None
             with open(path, "rb") as file:
                 while self._read_at < end:
                     base = self._read_at
                     blob = os.pread(file.fileno(), min(size, end - base), base)
-                    for stop, ctx, data in parse(blob, 0, self._read_contexts):
+                    for stop, ctx, data in parse(blob, 0, self._read_contexts, endpoint):
                         self._read_at = base + stop
                         if data is None or ctx is None:
                             continue

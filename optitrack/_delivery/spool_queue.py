@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import anyio
 
-from .._results import Reason
+from .._results import FlushResult, Reason
 from .batch import BatchContext, Part
 from .options import BatchOptions, Overflow
 from .queue import BatchQueue, _Segment
@@ -29,6 +29,9 @@ from .spool_records import EVENT_OVERHEAD
 __all__ = ["SpoolQueue"]
 
 _QUEUE_FULL = Reason.QUEUE_FULL
+# Reads of up to this many items run on the loop's thread (tens of microseconds);
+# larger ones in a worker thread.
+_READ_IN_LOOP = 256
 
 
 class SpoolQueue(BatchQueue):
@@ -51,9 +54,16 @@ class SpoolQueue(BatchQueue):
         self._drop_oldest = False  # a full memory window spills; it never evicts
         self.spilled = 0
         self.kept = 0
+        self._reading = False  # the worker is reading spilled items back, in a thread
+        self._given_up = False
 
-    async def open(self) -> None:
-        """Open the spool; what an earlier process left is accepted first, on disk."""
+    async def open(self, endpoint: str) -> None:
+        """Open the spool; what an earlier process left is accepted first, on disk.
+
+        Args:
+            endpoint: Where the events an earlier process left are sent.
+        """
+        self.spool.readdress = endpoint
         await anyio.to_thread.run_sync(self.spool.open)
         recovered = self.spool.recovered
         self.accepted += recovered
@@ -98,19 +108,29 @@ class SpoolQueue(BatchQueue):
                 self._wake()
             return False
         first = self._removed
-        evicted = nbytes = 0
-        while self.queued and spool.live_bytes + size + EVENT_OVERHEAD > spool.max_bytes:
-            segment = self._segments[0]
-            data = segment.items.popleft()
-            segment.nbytes -= len(data)
-            self.queued -= 1
-            self.queued_bytes -= len(data)
+        evicted = 0
+        while spool.live_bytes + size + EVENT_OVERHEAD > spool.max_bytes:
+            if self.queued:
+                segment = self._segments[0]
+                data = segment.items.popleft()
+                segment.nbytes -= len(data)
+                self.queued -= 1
+                self.queued_bytes -= len(data)
+                if not segment.items:
+                    self._segments.popleft()
+            elif self.spilled and not self._reading:
+                # The memory window is empty: the oldest waiting item is the first on
+                # disk. Reading it moves the read cursor past it.
+                read = spool.read(spool.reading_plan(), self._removed, 1, 1)
+                if not read:
+                    break
+                data = read[0][1]
+                self.spilled -= 1
+            else:
+                break  # what is left is in flight
             self._removed += 1
-            if not segment.items:
-                self._segments.popleft()
             spool.done(self._removed - 1, 1, len(data))
             evicted += 1
-            nbytes += len(data)
         self._account(first, evicted, Reason.QUEUE_FULL)
         if evicted:
             self._throttled.warning(
@@ -134,14 +154,18 @@ class SpoolQueue(BatchQueue):
         spool = self.spool
         start = self._removed + self.queued
         plan = spool.reading_plan()
-        room = self._max_queue_size - self.queued
-        items = await anyio.to_thread.run_sync(
-            spool.read,
-            plan,
-            start,
-            min(room, self.spilled),
-            self._max_queue_bytes - self.queued_bytes,
-        )
+        count = min(self._max_queue_size - self.queued, self.spilled)
+        nbytes = self._max_queue_bytes - self.queued_bytes
+        if count <= _READ_IN_LOOP:
+            items = spool.read(plan, start, count, nbytes)  # small: no thread hop
+        else:
+            self._reading = True
+            try:
+                items = await anyio.to_thread.run_sync(spool.read, plan, start, count, nbytes)
+            finally:
+                self._reading = False
+        if self._given_up:
+            return
         if not items:
             # The journal no longer holds them (damaged since it was opened).
             lost = self.spilled
@@ -173,6 +197,18 @@ class SpoolQueue(BatchQueue):
 
     # -- the ledger ------------------------------------------------------------------
 
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Write the journal out first (a crash now loses nothing), then as the queue does.
+
+        Args:
+            timeout: The longest wait in seconds; ``None`` waits as long as it takes.
+
+        Returns:
+            The outcome for the items accepted before the call.
+        """
+        await self.spool.commit()
+        return await super().flush(timeout)
+
     def finish(self, part: Part, dropped: str | None) -> None:
         """Account for a part, as the queue does, and tell the spool it is done."""
         if part.done:
@@ -199,6 +235,7 @@ class SpoolQueue(BatchQueue):
         Returns:
             How many items were dropped (none at shutdown: they are kept).
         """
+        self._given_up = True
         if reason is not Reason.SHUTDOWN:
             self.spool.abandon()
             first = self._removed + self.queued

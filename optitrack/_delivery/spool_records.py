@@ -66,10 +66,11 @@ def context_record(ctx_id: int, ctx: BatchContext) -> bytes:
     return HEADER.pack(len(payload), crc32(payload)) + payload
 
 
-def _context(payload: memoryview) -> tuple[int, BatchContext]:
+def _context(payload: memoryview, endpoint: str | None) -> tuple[int, BatchContext]:
     ctx_id, endpoint_size, prefix_size = _CONTEXT.unpack_from(payload, 1)
     start = 1 + _CONTEXT.size
-    endpoint = bytes(payload[start : start + endpoint_size]).decode()
+    if endpoint is None:
+        endpoint = bytes(payload[start : start + endpoint_size]).decode()
     start += endpoint_size
     prefix = bytes(payload[start : start + prefix_size])
     suffix = bytes(payload[start + prefix_size :])
@@ -77,7 +78,7 @@ def _context(payload: memoryview) -> tuple[int, BatchContext]:
 
 
 def parse(
-    blob: bytes, offset: int, contexts: dict[int, BatchContext]
+    blob: bytes, offset: int, contexts: dict[int, BatchContext], endpoint: str | None = None
 ) -> Iterator[tuple[int, BatchContext | None, bytes | None]]:
     """Parse the records of ``blob`` from ``offset``, in order.
 
@@ -92,6 +93,8 @@ def parse(
         blob: Bytes of a segment file (the whole file, or a chunk).
         offset: Where the first record starts in ``blob``.
         contexts: The segment's contexts so far, by id; updated in place.
+        endpoint: Where the contexts read send their batches, instead of the endpoint
+            recorded (``None`` keeps it).
     """
     view = memoryview(blob)
     end = len(blob)
@@ -110,7 +113,7 @@ def parse(
             ctx = contexts.get(_ID.unpack_from(payload, 1)[0])
             yield stop, ctx, (bytes(payload[1 + _ID.size :]) if ctx is not None else None)
         elif payload[0] == 0x43 and length >= 1 + _CONTEXT.size:  # b"C"
-            ctx_id, ctx = _context(payload)
+            ctx_id, ctx = _context(payload, endpoint)
             contexts[ctx_id] = ctx
             yield stop, ctx, None
         else:

@@ -211,6 +211,8 @@ class Client(ClassicCalls):
             strict=strict,
             impression_variation=engine.impression_variation,
         )
+        # UserContext.track_event: track, with the attributes the context rendered once.
+        self._track_user = self._intake.track_user
         self._decider = Decider(
             engine,
             self._ready,
@@ -485,43 +487,6 @@ class Client(ClassicCalls):
         if reason is None and not intake.track_listeners:
             return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
-
-    async def _track_at(
-        self,
-        event_key: str,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        event_tags: Mapping[str, Any] | None,
-        timestamp: int | None,
-    ) -> TrackResult:
-        # optitrack send: track with the event's own timestamp, waiting for room in the
-        # queue as long as it takes (an import never drops for a full queue).
-        intake = self._intake
-        data = intake.conversion(event_key, user_id, attributes, event_tags, timestamp=timestamp)
-        if type(data) is not bytes:
-            return data  # type: ignore[return-value]
-        reason = await intake.queue.put_waiting(intake.context, data)
-        return intake.submitted(reason, event_key, user_id, attributes, event_tags)
-
-    async def _track_user(
-        self, user: UserContext, event_key: str, event_tags: Mapping[str, Any] | None
-    ) -> TrackResult:
-        # UserContext.track_event: track, with the attributes the context rendered once.
-        intake = self._intake
-        if get_ident() != intake.thread:
-            intake.wrong_thread("track_event")
-        attributes = user._attributes
-        rendered = user.rendered_attributes(intake.factory)
-        data = None
-        if rendered is not None:
-            data = intake.fast(event_key, user.user_id, None, event_tags, rendered)
-        if data is None:
-            conversion = intake.conversion(event_key, user.user_id, attributes, event_tags, user)
-            if type(conversion) is not bytes:
-                return conversion  # type: ignore[return-value]
-            data = conversion
-        reason = await intake.queue.put(intake.context, data)
-        return intake.submitted(reason, event_key, user.user_id, attributes, event_tags)
 
     # -- users -----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 A spool is a directory: ``spool.lock`` (an ``fcntl.flock`` held while a client runs)
 and segment files ``<number>.seg`` (format in ``spool_records.py``). Items are appended
 to a buffer in memory and written to the active segment in batches (once per turn of the
-event loop, by :meth:`Spool.writer`, or when the buffer passes 64 KiB), then synced
+event loop, by :meth:`Spool.writer`, or when the buffer passes 1 MiB), then synced
 per :class:`~.options.SpoolFsync`. A segment is rolled at ``segment_bytes`` and deleted
 once every item in it has been delivered or dropped for good.
 
@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import weakref
 from collections import deque
+from collections.abc import Callable
 from zlib import crc32
 
 import anyio
 
 from .._exceptions import SpoolLockedError
-from .._logging import logger
+from .._logging import Throttled, logger
 from .batch import BatchContext
 from .options import SpoolFsync
 from .spool_records import EVENT_OVERHEAD, HEADER, MAGIC, context_record, event_head, parse, scan
@@ -38,8 +40,10 @@ __all__ = ["DEFAULT_SEGMENT_BYTES", "Spool"]
 
 #: A segment is rolled once it holds this many bytes.
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
-_WRITE_AT = 64 * 1024  # the buffer is written at once past this size
+_WRITE_AT = 1024 * 1024  # the buffer is written at once past this size (rarely: the
+# writer task writes it at every turn of the loop, and a write in a call costs its p99)
 _READ_CHUNK = 1024 * 1024
+_RETRY_WRITE = 1.0  # seconds before a failed write is tried again
 
 _open_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
@@ -114,6 +118,7 @@ class Spool:
         self._read_contexts: dict[int, BatchContext] = {}
         self._abandoned = False
         self._closed = False
+        self._throttled = Throttled()
         #: Where the events an earlier process left are sent (``None``: where it sent).
         self.readdress: str | None = None
         self._own_from = 0  # the number of the first segment this spool wrote
@@ -192,9 +197,7 @@ class Spool:
                 dirty.set()
         active = self._active
         assert active is not None
-        if active.end + len(buffer) >= self._segment_bytes:
-            self.write()
-            self._roll(active.number + 1)
+        if active.end + len(buffer) >= self._segment_bytes and self._try(self._next_segment):
             active = self._active
             assert active is not None
         if ctx is not self._last_ctx:
@@ -208,10 +211,37 @@ class Spool:
         self._next_seq += 1
         self.live_bytes += len(data) + EVENT_OVERHEAD
         if self._always:
-            self.write()
-            self.sync()
+            self._try(self._write_and_sync)
         elif len(buffer) >= _WRITE_AT:
-            self.write()
+            self._try(self.write)
+
+    def _try(self, operation: Callable[[], None]) -> bool:
+        """Run a disk operation from the caller's path: an OSError is logged, not raised.
+
+        What could not be written stays in the buffer and is tried again at the next
+        batch (a full disk, a lost mount).
+        """
+        try:
+            operation()
+        except OSError as exc:
+            self._throttled.log(
+                logging.ERROR,
+                "write",
+                "Spool %r: cannot write (%s); the records wait in memory and are retried.",
+                self.path,
+                exc,
+            )
+            return False
+        return True
+
+    def _write_and_sync(self) -> None:
+        self.write()
+        self.sync()
+
+    def _next_segment(self) -> None:
+        self.write()  # the buffered records use this segment's context ids
+        assert self._active is not None
+        self._roll(self._active.number + 1)
 
     def _use_context(self, ctx: BatchContext) -> None:
         head = self._ids.get(ctx)
@@ -223,17 +253,20 @@ class Spool:
         self._last_head = head
 
     def write(self) -> None:
-        """Write the buffered records to the active segment (no fsync)."""
+        """Write the buffered records to the active segment (no fsync).
+
+        Raises:
+            OSError: The write failed; what was not written stays buffered.
+        """
         buffer = self._buffer
         if not buffer or self._abandoned or self._fd is None:
             return
-        data = bytes(buffer)
-        buffer.clear()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        assert self._active is not None
-        self._active.end += len(data)
+        active = self._active
+        assert active is not None
+        while buffer:
+            written = os.write(self._fd, buffer)
+            del buffer[:written]
+            active.end += written
 
     def sync(self) -> None:
         """fsync the active segment (blocking: from a worker thread, unless ``always``)."""
@@ -243,26 +276,32 @@ class Spool:
 
     async def commit(self) -> None:
         """Write the buffered records, and fsync them unless the policy is ``never``."""
-        self.write()
-        if self._fsync is not SpoolFsync.NEVER and self._fd is not None:
-            await anyio.to_thread.run_sync(self.sync)
+        if self._try(self.write) and self._fsync is not SpoolFsync.NEVER:
+            await anyio.to_thread.run_sync(self._try, self.sync)
 
     def _roll(self, number: int) -> None:
-        if self._fd is not None:
-            if self._fsync is not SpoolFsync.NEVER:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._delete_done()
         path = self._segment_path(number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
-        os.write(self._fd, MAGIC)
-        self._sync_directory()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, MAGIC)
+            self._sync_directory()
+        except OSError:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            try:
+                if self._fsync is not SpoolFsync.NEVER:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+        self._fd = fd
         segment = _Segment(number, path, self._next_seq)
         segment.end = len(MAGIC)
         self._segments.append(segment)
         self._active = segment
         self._ids = {}
         self._last_ctx = None
+        self._delete_done()
 
     def _sync_directory(self) -> None:
         if self._fsync is SpoolFsync.NEVER:
@@ -281,9 +320,11 @@ class Spool:
                 self._dirty = anyio.Event()
                 await self._dirty.wait()
                 continue
-            self.write()
+            if not self._try(self.write):
+                await anyio.sleep(_RETRY_WRITE)
+                continue
             if batch:
-                await anyio.to_thread.run_sync(self.sync)
+                await anyio.to_thread.run_sync(self._try, self.sync)
 
     # -- reading back ----------------------------------------------------------------
 
@@ -395,9 +436,14 @@ class Spool:
             self._dirty = None
             dirty.set()
         if self._fd is not None:
-            self.write()
-            if self._fsync is not SpoolFsync.NEVER:
-                os.fsync(self._fd)
+            if self._try(self.write) and self._fsync is not SpoolFsync.NEVER:
+                self._try(self.sync)
+            if self._buffer:
+                logger.error(
+                    "Spool %r: %d byte(s) of records could not be written before closing.",
+                    self.path,
+                    len(self._buffer),
+                )
             os.close(self._fd)
             self._fd = None
             active = self._active

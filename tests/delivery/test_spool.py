@@ -182,3 +182,22 @@ def test_an_abandoned_spool_writes_and_deletes_nothing(tmp_path: Path) -> None:
     spool.done(0, 1, len(item(0)))
     spool.close()
     assert {p.name: p.read_bytes() for p in segments(tmp_path)} == before
+
+
+def test_a_failed_write_is_logged_kept_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = spool_at(tmp_path, fsync=SpoolFsync.ALWAYS)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", full)
+        spool.append(CTX, item(0))  # does not raise
+    assert "cannot write" in caplog.text
+    spool.append(CTX, item(1))  # the disk has room again: both are written
+    spool.close()
+    again = spool_at(tmp_path)
+    assert [data for _, data in read_all(again)] == [item(0), item(1)]
+    again.close()

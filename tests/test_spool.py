@@ -306,3 +306,32 @@ def test_the_lock_is_held_across_threads_of_one_process(tmp_path: Path) -> None:
     thread.join()
     first.close()
     assert len(errors) == 1
+
+
+def _cut_short(spool: Path) -> None:
+    for segment in spool.glob("*.seg"):
+        with open(segment, "r+b") as file:
+            file.truncate(len(MAGIC))
+
+
+async def test_spilled_events_lost_on_disk_are_dropped_as_damaged(
+    datafile: dict[str, Any], tmp_path: Path
+) -> None:
+    api = EventsAPI()
+    gate = Gate(api)
+    async with asgi_client(
+        gate, datafile, spool=tmp_path, max_queue_size=10, batch_size=10, max_in_flight=1
+    ) as client:
+        for n in range(100):
+            assert await client.track("purchase", f"user-{n}")
+        await client.flush(timeout=0)
+        spilled = client.statistics().spooled
+        assert spilled >= 70
+        _cut_short(tmp_path)  # the files change under the client
+        gate.open.set()
+        with anyio.fail_after(10):
+            await client.flush()
+        stats = client.statistics()
+    assert stats.dropped == {"spool_damaged": spilled}
+    assert stats.delivered == 100 - spilled
+    check_ledger(stats)

@@ -19,7 +19,7 @@ the two), HTTP, tasks other than its writer.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -272,7 +272,12 @@ class Spool:
         """fsync the active segment (blocking: from a worker thread, unless ``always``)."""
         fd = self._fd
         if fd is not None and not self._abandoned:
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                # The segment was rolled meanwhile, and synced as it was closed.
 
     async def commit(self) -> None:
         """Write the buffered records, and fsync them unless the policy is ``never``."""
@@ -333,7 +338,7 @@ class Spool:
 
         Writes the buffer first, so that every item appended so far can be read.
         """
-        self.write()
+        self._try(self.write)
         return [
             (s.number, s.path, s.end, s.first_seq)
             for s in self._segments
@@ -368,7 +373,8 @@ class Spool:
             with open(path, "rb") as file:
                 while self._read_at < end:
                     base = self._read_at
-                    blob = os.pread(file.fileno(), min(size, end - base), base)
+                    want = min(size, end - base)
+                    blob = os.pread(file.fileno(), want, base)
                     for stop, ctx, data in parse(blob, 0, self._read_contexts, endpoint):
                         self._read_at = base + stop
                         if data is None or ctx is None:
@@ -381,8 +387,8 @@ class Spool:
                         if len(items) >= max_count or nbytes >= max_bytes:
                             return items
                     if self._read_at == base:
-                        if len(blob) >= end - base:
-                            break  # a torn tail: counted at open
+                        if len(blob) < want or want >= end - base:
+                            break  # a torn tail (counted at open), or a file cut short
                         size *= 2  # a record larger than the chunk
             self._read_at = end
         return items
@@ -419,8 +425,14 @@ class Spool:
             if segment.outstanding or segment is self._active:
                 keep.append(segment)
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(segment.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # it is read again at the next start: at least once
+                self._throttled.warning(
+                    "unlink", "Spool %r: cannot remove %r (%s).", self.path, segment.path, exc
+                )
         self._segments = keep
 
     # -- closing ---------------------------------------------------------------------
@@ -450,7 +462,7 @@ class Spool:
             self._active = None
             if active is not None and not active.outstanding:
                 self._delete_done()
-            self._sync_directory()
+            self._try(self._sync_directory)
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)

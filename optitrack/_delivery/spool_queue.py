@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import anyio
 
+from .._logging import logger
 from .._results import FlushResult, Reason
 from .batch import BatchContext, Part
 from .options import BatchOptions, Overflow
@@ -156,18 +157,22 @@ class SpoolQueue(BatchQueue):
         plan = spool.reading_plan()
         count = min(self._max_queue_size - self.queued, self.spilled)
         nbytes = self._max_queue_bytes - self.queued_bytes
-        if count <= _READ_IN_LOOP:
-            items = spool.read(plan, start, count, nbytes)  # small: no thread hop
-        else:
-            self._reading = True
-            try:
-                items = await anyio.to_thread.run_sync(spool.read, plan, start, count, nbytes)
-            finally:
-                self._reading = False
+        try:
+            if count <= _READ_IN_LOOP:
+                items = spool.read(plan, start, count, nbytes)  # small: no thread hop
+            else:
+                self._reading = True
+                try:
+                    items = await anyio.to_thread.run_sync(spool.read, plan, start, count, nbytes)
+                finally:
+                    self._reading = False
+        except OSError as exc:
+            logger.error("Spool %r: cannot read events back (%s).", spool.path, exc)
+            items = []
         if self._given_up:
             return
         if not items:
-            # The journal no longer holds them (damaged since it was opened).
+            # The journal no longer holds them (damaged, or unreadable, since it was opened).
             lost = self.spilled
             self.spilled = 0
             spool.done(start, lost, 0)

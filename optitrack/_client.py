@@ -119,7 +119,8 @@ class Client(ClassicCalls):
         spool: A directory for a durable spool (off by default): accepted events are
             journaled there, a full queue spills to it, what the close deadline could not
             send stays in it, and the next client on it sends what is left
-            (``docs/reliability.md``).
+            (``docs/reliability.md``). One client at a time: entering raises
+            :class:`SpoolLockedError` while another holds it.
         max_spool_bytes: The spool's bound in bytes; ``overflow`` applies when it is full.
         spool_fsync: When the spool is forced to disk: ``"batch"``, ``"always"`` or
             ``"never"`` (see :class:`SpoolFsync`).

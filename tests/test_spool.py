@@ -22,20 +22,12 @@ import optitrack
 from optitrack import SpoolLockedError
 from optitrack._delivery.spool_records import MAGIC, parse
 from optitrack.testing import EventsAPI, Respond, serve, serve_in_thread
-from tests.conftest import EVENTS_URL, SHARED_FIXTURES, asgi_client
+from tests.conftest import EVENTS_URL, SHARED_FIXTURES, asgi_client, check_ledger
 from tests.delivery.conftest import FAST, Gate
 
 pytestmark = pytest.mark.anyio
 
 SCRIPTS = Path(__file__).parent / "scripts"
-
-
-def check_ledger(stats: optitrack.Statistics) -> None:
-    """The ledger with a spool: accepted = delivered + dropped + pending + spooled."""
-    assert stats.accepted == (
-        stats.delivered + stats.dropped_total + stats.pending + stats.spooled
-    ), stats
-    assert stats.pending == stats.queued + stats.in_flight, stats
 
 
 def spooled_uuids(spool: Path) -> list[str]:
@@ -265,6 +257,10 @@ async def test_kill_9_during_an_outage_loses_nothing_accepted(
         with anyio.fail_after(60):
             line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 1 << 16)
         assert line.decode() == f"accepted {count}"
+        # While it runs, the spool is its own: another process is refused, by its pid.
+        with pytest.raises(SpoolLockedError, match=f"pid {process.pid}"):
+            async with optitrack.Client(datafile, event_endpoint=refused, spool=tmp_path):
+                pass  # pragma: no cover
     finally:
         process.send_signal(signal.SIGKILL)
         with anyio.fail_after(10):

@@ -77,8 +77,7 @@ def segments(path: str, items: list[bytes]) -> tuple[float, float, float, int]:
         offset = 0
         while offset < len(blob):
             length, crc = HEADER.unpack_from(view, offset)
-            body = view[offset + 8 : offset + 8 + length]
-            assert zlib.crc32(body) == crc
+            assert zlib.crc32(view[offset + 8 : offset + 8 + length]) == crc
             read += 1
             offset += 8 + length
     assert read == len(items)

@@ -25,7 +25,7 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_a_signal_drains_every_event_once(anyio_backend: str, signum: int) -> None:
+async def test_a_signal_drains_every_event_once(anyio_backend: str, signum: signal.Signals) -> None:
     count = 20_000
     api = EventsAPI()
     api.fail_all(Delay(0.05))  # so that batches are in flight when the signal comes

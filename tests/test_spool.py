@@ -336,3 +336,16 @@ async def test_spilled_events_lost_on_disk_are_dropped_as_damaged(
     assert stats.dropped == {"spool_damaged": spilled}
     assert stats.delivered == 100 - spilled
     check_ledger(stats)
+
+
+async def test_refusals_at_the_call_never_reach_the_spool(
+    datafile: dict[str, Any], tmp_path: Path
+) -> None:
+    async with asgi_client(EventsAPI(), datafile, spool=tmp_path, max_event_bytes=100) as client:
+        result = await client.track("purchase", "user-1", None, {"note": "x" * 200})
+        assert result.reason is optitrack.Reason.EVENT_TOO_LARGE
+        assert client.statistics().spool_bytes == 0
+    assert client.track_nowait("purchase", "user-2").reason is optitrack.Reason.CLOSED
+    stats = client.statistics()
+    assert (stats.accepted, stats.spooled) == (0, 0)
+    assert dict(stats.refused) == {"event_too_large": 1, "closed": 1}

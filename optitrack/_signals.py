@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ._delivery.processor import running_processors
+from ._exceptions import unwrap_single_group
 from ._logging import logger
 
 __all__ = ["run"]
@@ -51,6 +52,8 @@ def run(
     Raises:
         ValueError: ``backend`` is not one anyio runs.
         RuntimeError: Not called from the main thread.
+
+    What ``main`` raises comes out of ``run`` as itself, not in an exception group.
     """
     if backend not in ("asyncio", "trio"):
         raise ValueError(f"backend ({backend!r}) must be 'asyncio' or 'trio'")
@@ -64,7 +67,7 @@ async def _run(
     main: Callable[..., Awaitable[T]], args: tuple[Any, ...], signals: tuple[signal.Signals, ...]
 ) -> T | None:
     result: T | None = None
-    with anyio.open_signal_receiver(*signals) as receiver:
+    with anyio.open_signal_receiver(*signals) as receiver, unwrap_single_group():
         async with anyio.create_task_group() as task_group:
             main_scope = anyio.CancelScope()
 

@@ -95,6 +95,15 @@ def test_a_signal_to_the_process_stops_main_after_the_drain(
     assert api.event_count == 100
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_what_main_raises_comes_out_as_itself(backend: str) -> None:
+    async def main() -> None:
+        raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        optitrack.run(main, backend=backend)
+
+
 def test_run_refuses_a_bad_backend_and_other_threads() -> None:
     async def main() -> None:
         pass  # pragma: no cover

@@ -243,6 +243,7 @@ class Client(ClassicCalls):
             )
         await self._processor.open(self.event_endpoint)
         async with AsyncExitStack() as stack:
+            stack.callback(self._processor.close_spool)  # also if starting fails
             http = self._http
             if http is None:
                 connections = self._options.max_in_flight + 1

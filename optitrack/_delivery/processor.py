@@ -4,7 +4,8 @@ Owns the worker loop (the pump: wait for a due batch, take it, start its deliver
 in-flight limit (``max_in_flight``, one while the circuit breaker is open), the close
 deadline and the drain, the shielded drain after a cancellation from outside (parts cut
 off are set aside and resent first, same body and key), abandoning everything in a forked
-child, and the :class:`~optitrack._results.Statistics` snapshot. It must not decide when
+child, opening and closing the spool (when there is one; its queue is a ``SpoolQueue``),
+and the :class:`~optitrack._results.Statistics` snapshot. It must not decide when
 a batch is due or how it is sent (the queue and the sender do), and it counts nothing
 about refusals (the caller passes its counts to :meth:`BatchProcessor.statistics`).
 """
@@ -110,6 +111,11 @@ class BatchProcessor:
         if isinstance(self.queue, SpoolQueue):
             await self.queue.open(endpoint)
 
+    def close_spool(self) -> None:
+        """Write out and release the spool, if there is one (again: a no-op)."""
+        if self.spool is not None and not self._forked:
+            self.spool.close()
+
     # -- the worker ------------------------------------------------------------------
 
     async def run(
@@ -162,8 +168,7 @@ class BatchProcessor:
                                 task_group.cancel_scope.cancel()
             finally:
                 self._give_up(Reason.SHUTDOWN)
-                if self.spool is not None and not self._forked:
-                    self.spool.close()
+                self.close_spool()
                 self._task_group = None
                 self._stopped.set()
 

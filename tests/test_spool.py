@@ -20,6 +20,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import optitrack
 from optitrack import SpoolLockedError
+from optitrack._delivery import Spool
 from optitrack._delivery.spool_records import MAGIC, parse
 from optitrack.testing import EventsAPI, Respond, serve, serve_in_thread
 from tests.conftest import EVENTS_URL, SHARED_FIXTURES, asgi_client, check_ledger
@@ -194,6 +195,8 @@ async def test_a_forked_child_leaves_the_parents_spool_alone(
         os.close(read)
         assert report == {"dropped": {"forked": 30}, "track": "closed"}
         assert segment_files(tmp_path) == before
+        with pytest.raises(SpoolLockedError):  # the child's exit left the lock held
+            Spool(str(tmp_path), max_bytes=1 << 20).open()
         gate.open.set()
         with anyio.fail_after(10):
             assert await client.flush()
@@ -290,8 +293,6 @@ async def test_kill_9_during_an_outage_loses_nothing_accepted(
 def test_the_lock_is_held_across_threads_of_one_process(tmp_path: Path) -> None:
     # flock locks belong to the open file: a second client in the same process is
     # refused too, not only one in another process.
-    from optitrack._delivery import Spool
-
     first = Spool(str(tmp_path), max_bytes=1 << 20)
     first.open()
     errors: list[BaseException] = []

@@ -419,6 +419,11 @@ class Spool:
         if emptied:
             self._delete_done()
 
+    def mean_item_bytes(self) -> int:
+        """The mean serialized size of the items held (framing excluded)."""
+        held = sum(segment.outstanding for segment in self._segments)
+        return max(self.live_bytes // held - EVENT_OVERHEAD, 0) if held else 0
+
     def _delete_done(self) -> None:
         keep: deque[_Segment] = deque()
         for segment in self._segments:

@@ -175,7 +175,7 @@ class SpoolQueue(BatchQueue):
             # The journal no longer holds them (damaged, or unreadable, since it was opened).
             lost = self.spilled
             self.spilled = 0
-            spool.done(start, lost, 0)
+            spool.done(start, lost, lost * spool.mean_item_bytes())  # their sizes are lost too
             self._account(start, lost, Reason.SPOOL_DAMAGED)
             return
         segments = self._segments

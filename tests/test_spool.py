@@ -108,6 +108,41 @@ async def test_an_outage_spills_to_disk_and_everything_goes_out_after(
     assert segment_files(tmp_path) == {}
 
 
+async def test_many_segments_are_kept_recovered_and_removed(
+    datafile: dict[str, Any], tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {
+        "spool": tmp_path,
+        "max_spool_bytes": 2 * 1024 * 1024,  # segments of 256 KiB: about 900 events
+        "max_queue_size": 100,
+        "batch_size": 50,
+        "max_in_flight": 1,
+    }
+    gate = Gate(EventsAPI())  # never opens
+    async with asgi_client(gate, datafile, close_timeout=0, **options) as client:
+        for n in range(5000):
+            assert await client.track("purchase", f"user-{n}")
+    assert client.statistics().spooled == 5000
+    assert len(segment_files(tmp_path)) >= 5
+    kept = spooled_uuids(tmp_path)
+    assert len(set(kept)) == 5000
+
+    api = EventsAPI()
+    async with asgi_client(api, datafile, **options) as later:
+        with anyio.fail_after(20):
+            assert await later.flush()
+    stats = later.statistics()
+    assert (stats.recovered, stats.delivered, stats.spooled, stats.spool_bytes) == (
+        5000,
+        5000,
+        0,
+        0,
+    )
+    assert sorted(delivered_uuids(api)) == sorted(kept)
+    assert api.duplicate_uuids() == {}
+    assert segment_files(tmp_path) == {}
+
+
 @pytest.mark.parametrize(
     ("overflow", "accepted", "refused", "dropped"),
     [

@@ -32,7 +32,7 @@ from .batch import Part
 from .options import BatchOptions
 from .queue import BatchQueue
 from .sender import Sender
-from .spool import Spool
+from .spool import DEFAULT_SEGMENT_BYTES, Spool
 from .spool_queue import SpoolQueue
 
 __all__ = ["BatchProcessor", "running_processors"]
@@ -83,7 +83,14 @@ class BatchProcessor:
             self.queue = BatchQueue(options)
         else:
             self.spool = Spool(
-                options.spool, max_bytes=options.max_spool_bytes, fsync=options.spool_fsync
+                options.spool,
+                max_bytes=options.max_spool_bytes,
+                fsync=options.spool_fsync,
+                # Segments go whole: at most an eighth of the bound each, so that a
+                # partly sent one never holds much disk beyond it.
+                segment_bytes=min(
+                    DEFAULT_SEGMENT_BYTES, max(options.max_spool_bytes // 8, 1 << 16)
+                ),
             )
             self.queue = SpoolQueue(options, self.spool)
         self._limiter = anyio.CapacityLimiter(options.max_in_flight)

@@ -5,12 +5,13 @@ Everything public is importable from here; the modules behind it are private.
 
 from ._client import Client
 from ._decisions import ProjectConfig, load_datafile
-from ._delivery import Overflow, RetryPolicy
+from ._delivery import Overflow, RetryPolicy, SpoolFsync
 from ._exceptions import (
     ClientStateError,
     DatafileError,
     DecisionError,
     OptitrackError,
+    SpoolLockedError,
     TrackError,
 )
 from ._notifications import (
@@ -33,6 +34,7 @@ from ._optimizely_config import (
 )
 from ._profiles import InMemoryUserProfileService, SyncUserProfileService, UserProfileService
 from ._results import FlushResult, Reason, Statistics, TrackResult
+from ._signals import run
 from ._sync import SyncClient
 from ._sync_user import SyncUserContext
 from ._user import DecideOption, Decision, DecisionContext, ForcedDecision, UserContext
@@ -67,6 +69,8 @@ __all__ = [
     "ProjectConfig",
     "Reason",
     "RetryPolicy",
+    "SpoolFsync",
+    "SpoolLockedError",
     "Statistics",
     "SyncClient",
     "SyncUserContext",
@@ -78,6 +82,7 @@ __all__ = [
     "UserProfileService",
     "__version__",
     "load_datafile",
+    "run",
 ]
 
 # Public names say they are from here, not from the private module that defines them: so

@@ -38,16 +38,18 @@ from ._delivery import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_SPOOL_BYTES,
     DEFAULT_OVERFLOW_TIMEOUT,
     BatchOptions,
     BatchProcessor,
     Overflow,
     RetryPolicy,
+    SpoolFsync,
     check_endpoint,
 )
 from ._delivery.transport import HttpxTransport, LeanTransport, Transport, uses_proxy
 from ._exceptions import ClientStateError, unwrap_single_group
-from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake, timestamp_problem
+from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
 from ._logging import log_closed, log_started
 from ._notifications import ConfigUpdateNotification, NotificationCenter, NotificationType
 from ._profiles import ProfileStore, UserProfileService
@@ -117,6 +119,14 @@ class Client(ClassicCalls):
         user_profile_service: Where sticky bucketing is kept (see
             :class:`UserProfileService`); none by default.
         default_decide_options: Options added to every ``decide``.
+        spool: A directory for a durable spool (off by default): accepted events are
+            journaled there, a full queue spills to it, what the close deadline could not
+            send stays in it, and the next client on it sends what is left
+            (``docs/reliability.md``). One client at a time: entering raises
+            :class:`SpoolLockedError` while another holds it.
+        max_spool_bytes: The spool's bound in bytes; ``overflow`` applies when it is full.
+        spool_fsync: When the spool is forced to disk: ``"batch"``, ``"always"`` or
+            ``"never"`` (see :class:`SpoolFsync`).
 
     Raises:
         DatafileError: The datafile is invalid (the message says what and where).
@@ -152,6 +162,9 @@ class Client(ClassicCalls):
         strict: bool = False,
         user_profile_service: UserProfileService | None = None,
         default_decide_options: Iterable[DecideOption | str] = (),
+        spool: str | os.PathLike[str] | None = None,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        spool_fsync: SpoolFsync | str = SpoolFsync.BATCH,
     ) -> None:
         if datafile is None and sdk_key is None:
             raise TypeError("Client() needs a datafile, an sdk_key, or both")
@@ -184,6 +197,9 @@ class Client(ClassicCalls):
             gzip=gzip,
             close_timeout=close_timeout,
             retry=retry if retry is not None else RetryPolicy(),
+            spool=os.fspath(spool) if spool is not None else None,
+            max_spool_bytes=max_spool_bytes,
+            spool_fsync=spool_fsync,  # type: ignore[arg-type]  # BatchOptions checks it
         )
         self._endpoint_given = event_endpoint
         self.event_endpoint = check_endpoint(event_endpoint or config.default_event_endpoint)
@@ -199,6 +215,8 @@ class Client(ClassicCalls):
             strict=strict,
             impression_variation=engine.impression_variation,
         )
+        # UserContext.track_event: track, with the attributes the context rendered once.
+        self._track_user = self._intake.track_user
         self._decider = Decider(
             engine,
             self._ready,
@@ -226,7 +244,9 @@ class Client(ClassicCalls):
             raise ClientStateError(
                 f"a client can be entered once (this one is {self._intake.state})"
             )
+        await self._processor.open(self.event_endpoint)
         async with AsyncExitStack() as stack:
+            stack.callback(self._processor.close_spool)  # also if starting fails
             http = self._http
             # Events go through the lean transport unless the application gave its own
             # httpx client or the environment asks for a proxy (httpx speaks to proxies).
@@ -487,52 +507,6 @@ class Client(ClassicCalls):
         if reason is None and not intake.track_listeners:
             return ACCEPTED
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
-
-    async def _track_at(
-        self,
-        event_key: str,
-        user_id: str,
-        attributes: Mapping[str, Any] | None,
-        event_tags: Mapping[str, Any] | None,
-        timestamp: int | None,
-    ) -> TrackResult:
-        # optitrack send: track with the event's own timestamp, waiting for room in the
-        # queue as long as it takes (an import never drops for a full queue).
-        intake = self._intake
-        data = None
-        if timestamp is None or timestamp_problem(timestamp) is None:
-            data = intake.fast(event_key, user_id, attributes, event_tags, None, timestamp)
-        if data is None:
-            conversion = intake.conversion(
-                event_key, user_id, attributes, event_tags, timestamp=timestamp
-            )
-            if type(conversion) is not bytes:
-                return conversion  # type: ignore[return-value]
-            data = conversion
-        reason = await intake.queue.put_waiting(intake.context, data)
-        if reason is None and not intake.track_listeners:
-            return ACCEPTED
-        return intake.submitted(reason, event_key, user_id, attributes, event_tags)
-
-    async def _track_user(
-        self, user: UserContext, event_key: str, event_tags: Mapping[str, Any] | None
-    ) -> TrackResult:
-        # UserContext.track_event: track, with the attributes the context rendered once.
-        intake = self._intake
-        if get_ident() != intake.thread:
-            intake.wrong_thread("track_event")
-        attributes = user._attributes
-        rendered = user.rendered_attributes(intake.factory)
-        data = None
-        if rendered is not None:
-            data = intake.fast(event_key, user.user_id, None, event_tags, rendered)
-        if data is None:
-            conversion = intake.conversion(event_key, user.user_id, attributes, event_tags, user)
-            if type(conversion) is not bytes:
-                return conversion  # type: ignore[return-value]
-            data = conversion
-        reason = await intake.queue.put(intake.context, data)
-        return intake.submitted(reason, event_key, user.user_id, attributes, event_tags)
 
     # -- users -----------------------------------------------------------------------
 

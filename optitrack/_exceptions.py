@@ -8,6 +8,7 @@ raises on purpose::
     ├── TrackError (also ValueError)      a refused track call, raised in strict mode only
     ├── DecisionError (also ValueError)   a refused decision call, raised in strict mode only
     └── ClientStateError (also RuntimeError)  the client was used before ``async with``
+        └── SpoolLockedError                   another process holds the client's spool
 
 Errors from httpx and pydantic never escape: they are translated at the boundary where
 they happen, and chained (``raise ... from exc``).
@@ -25,6 +26,7 @@ __all__ = [
     "DatafileError",
     "DecisionError",
     "OptitrackError",
+    "SpoolLockedError",
     "TrackError",
 ]
 
@@ -72,6 +74,24 @@ class ClientStateError(OptitrackError, RuntimeError):
 
     A closed client does not raise: its calls are refused with ``Reason.CLOSED``.
     """
+
+
+class SpoolLockedError(ClientStateError):
+    """Another client, in this process or another, holds the spool's lock.
+
+    Raised when entering a client made with ``spool=``: two clients must never write one
+    journal. Give each process its own spool directory, or stop the other one first.
+
+    Attributes:
+        path: The spool directory.
+    """
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        super().__init__(
+            f"the spool {path!r} is in use by another client ({holder}): give each process "
+            "its own spool directory, or stop the other one first"
+        )
 
 
 @contextmanager

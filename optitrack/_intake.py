@@ -239,6 +239,52 @@ class Intake:
             )
         return data
 
+    async def track_at(
+        self,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+        timestamp: int | None,
+    ) -> TrackResult:
+        # optitrack send: track with the event's own timestamp, waiting for room in the
+        # queue as long as it takes (an import never drops for a full queue).
+        intake = self
+        data = None
+        if timestamp is None or timestamp_problem(timestamp) is None:
+            data = intake.fast(event_key, user_id, attributes, event_tags, None, timestamp)
+        if data is None:
+            conversion = intake.conversion(
+                event_key, user_id, attributes, event_tags, timestamp=timestamp
+            )
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
+        reason = await intake.queue.put_waiting(intake.context, data)
+        if reason is None and not intake.track_listeners:
+            return ACCEPTED
+        return intake.submitted(reason, event_key, user_id, attributes, event_tags)
+
+    async def track_user(
+        self, user: UserContext, event_key: str, event_tags: Mapping[str, Any] | None
+    ) -> TrackResult:
+        # UserContext.track_event: track, with the attributes the context rendered once.
+        intake = self
+        if get_ident() != intake.thread:
+            intake.wrong_thread("track_event")
+        attributes = user._attributes
+        rendered = user.rendered_attributes(intake.factory)
+        data = None
+        if rendered is not None:
+            data = intake.fast(event_key, user.user_id, None, event_tags, rendered)
+        if data is None:
+            conversion = intake.conversion(event_key, user.user_id, attributes, event_tags, user)
+            if type(conversion) is not bytes:
+                return conversion  # type: ignore[return-value]
+            data = conversion
+        reason = await intake.queue.put(intake.context, data)
+        return intake.submitted(reason, event_key, user.user_id, attributes, event_tags)
+
     def impression_refused(self, error: InvalidInputError) -> None:
         """Count and log an impression that could not be built (its user id or
         attributes are not sendable); the decision itself stands."""

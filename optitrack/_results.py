@@ -39,6 +39,9 @@ class Reason(StrEnum):
     FORKED = "forked"
     #: The client has no datafile yet (``sdk_key`` given, nothing fetched, no cache).
     NO_DATAFILE = "no_datafile"
+    #: Spilled to the spool, then found damaged when read back (a disk fault, or the
+    #: files changed under the client).
+    SPOOL_DAMAGED = "spool_damaged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,8 @@ class FlushResult:
 class Statistics:
     """A snapshot of the delivery ledger.
 
-    At every moment ``accepted == delivered + sum(dropped.values()) + pending``.
+    At every moment ``accepted == delivered + sum(dropped.values()) + pending + spooled``
+    (``spooled`` is 0 without a spool).
 
     Attributes:
         accepted: Events accepted by track and decision calls since the client started.
@@ -103,6 +107,14 @@ class Statistics:
         requests: HTTP requests made, retries included.
         retries: Requests that were retries of an earlier failed attempt.
         bytes_sent: Request body bytes sent (after compression), retries included.
+        spooled: Accepted events held in the spool only: spilled to disk while the queue
+            was full (read back as it empties), or kept there at shutdown for the next
+            client. 0 without a spool.
+        recovered: Events an earlier process left in the spool, found when this client
+            started (counted in ``accepted`` too).
+        spool_skipped: Damaged spool records skipped when this client started (a failed
+            checksum, a torn tail): never sent, never counted as accepted.
+        spool_bytes: Bytes the spool holds for events not yet delivered or dropped.
     """
 
     accepted: int
@@ -117,6 +129,10 @@ class Statistics:
     requests: int
     retries: int
     bytes_sent: int
+    spooled: int = 0
+    recovered: int = 0
+    spool_skipped: int = 0
+    spool_bytes: int = 0
 
     @property
     def dropped_total(self) -> int:

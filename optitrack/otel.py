@@ -194,6 +194,30 @@ class _Instruments:
             unit="By",
             description="Serialized bytes waiting in the queue.",
         )
+        up_down(
+            "optitrack.event.spooled",
+            [self._current(lambda s: s.spooled)],
+            unit="{event}",
+            description="Accepted events held in the spool only (spilled, or kept at shutdown).",
+        )
+        counter(
+            "optitrack.event.recovered",
+            [self._total(lambda s: s.recovered)],
+            unit="{event}",
+            description="Events an earlier process left in the spool, found at start.",
+        )
+        counter(
+            "optitrack.spool.skipped",
+            [self._total(lambda s: s.spool_skipped)],
+            unit="{record}",
+            description="Damaged spool records skipped at start (checksum, torn tail).",
+        )
+        up_down(
+            "optitrack.spool.size",
+            [self._current(lambda s: s.spool_bytes)],
+            unit="By",
+            description="Bytes the spool holds for events not yet delivered or dropped.",
+        )
         counter(
             "optitrack.request.count",
             [self._total(lambda s: s.requests)],
@@ -329,6 +353,8 @@ def _combine(base: Statistics, stats: Statistics, sign: int = 1) -> Statistics:
         requests=base.requests + sign * stats.requests,
         retries=base.retries + sign * stats.retries,
         bytes_sent=base.bytes_sent + sign * stats.bytes_sent,
+        recovered=base.recovered + sign * stats.recovered,
+        spool_skipped=base.spool_skipped + sign * stats.spool_skipped,
     )
 
 

@@ -84,6 +84,8 @@ def comparable(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_ledger(stats: optitrack.Statistics) -> None:
-    """The ledger invariant: accepted = delivered + dropped + pending."""
-    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+    """The ledger invariant: accepted = delivered + dropped + pending + spooled."""
+    assert stats.accepted == (
+        stats.delivered + stats.dropped_total + stats.pending + stats.spooled
+    ), stats
     assert stats.pending == stats.queued + stats.in_flight, stats

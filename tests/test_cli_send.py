@@ -247,11 +247,11 @@ async def test_a_timestamp_is_checked_and_kept(datafile: dict[str, Any]) -> None
             ("1764000000000", "must be an int"),
             (10**15, "more than a day in the future"),
         ]:
-            result = await client._track_at("signup", "u", None, None, bad)  # type: ignore[arg-type]
+            result = await client._intake.track_at("signup", "u", None, None, bad)  # type: ignore[arg-type]
             assert not result.accepted
             assert result.reason == optitrack.Reason.INVALID_INPUT
             assert problem in str(result.message), result.message
-        assert await client._track_at("signup", "u", None, None, T0)
+        assert await client._intake.track_at("signup", "u", None, None, T0)
     assert [e.timestamp for e in api.events] == [T0]
     assert client.statistics().refused == {"invalid_input": 6}
 

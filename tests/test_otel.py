@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -44,6 +45,10 @@ INSTRUMENTS = {
     "optitrack.event.queued": ("{event}", "up_down_counter"),
     "optitrack.event.in_flight": ("{event}", "up_down_counter"),
     "optitrack.queue.size": ("By", "up_down_counter"),
+    "optitrack.event.spooled": ("{event}", "up_down_counter"),
+    "optitrack.event.recovered": ("{event}", "counter"),
+    "optitrack.spool.skipped": ("{record}", "counter"),
+    "optitrack.spool.size": ("By", "up_down_counter"),
     "optitrack.request.count": ("{request}", "counter"),
     "optitrack.request.retries": ("{request}", "counter"),
     "optitrack.request.body.size": ("By", "counter"),
@@ -164,6 +169,10 @@ async def test_every_instrument_reports_the_ledger(
     assert readings.value("optitrack.event.queued") == 0
     assert readings.value("optitrack.event.in_flight") == 0
     assert readings.value("optitrack.queue.size") == 0
+    assert readings.value("optitrack.event.spooled") == 0
+    assert readings.value("optitrack.event.recovered") == 0
+    assert readings.value("optitrack.spool.skipped") == 0
+    assert readings.value("optitrack.spool.size") == 0
     assert readings.value("optitrack.request.count") == stats.requests == len(api.requests)
     assert readings.value("optitrack.request.retries") == 0
     body_size = readings.value("optitrack.request.body.size")
@@ -256,6 +265,37 @@ async def test_the_queue_depth_and_size_while_events_wait(
     assert readings.value("optitrack.event.in_flight") == 0
     assert readings.value("optitrack.request.count") == 0
     assert readings.durations() == {}
+
+
+def _damage(spool: Path) -> None:
+    (spool / "000000000000.seg").write_bytes(b"not a segment")  # counted, then removed
+
+
+@pytest.mark.anyio
+async def test_the_spools_figures_after_an_outage(
+    datafile: dict[str, Any], otel: Metrics, tmp_path: Path
+) -> None:
+    down = EventsAPI()
+    down.fail_all(Respond(503))
+    async with asgi_client(
+        down, datafile, spool=tmp_path, close_timeout=0.1, retry=FAST, batch_size=5
+    ) as client:
+        for n in range(12):
+            await client.track("purchase", f"u{n}")
+    _damage(tmp_path)
+    up = EventsAPI()
+    gate = Gate(up)
+    async with asgi_client(gate, datafile, spool=tmp_path, batch_size=100) as later:
+        instrument(later, otel.provider)
+        readings = otel.collect()
+        stats = later.statistics()
+        gate.open.set()
+    assert (stats.recovered, stats.spool_skipped) == (12, 1)
+    assert readings.value("optitrack.event.recovered") == 12
+    assert readings.value("optitrack.spool.skipped") == 1
+    assert readings.value("optitrack.event.spooled") == stats.spooled
+    assert readings.value("optitrack.spool.size") == stats.spool_bytes > 12 * 200
+    assert readings.value("optitrack.event.accepted") == 12
 
 
 @pytest.mark.anyio

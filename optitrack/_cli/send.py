@@ -201,7 +201,7 @@ async def send(
     skipped: Counter[str] = Counter()
     lines = 0
     sent_lines = 0
-    track_at = client._track_at
+    track_at = client._intake.track_at
     every = client._options.batch_size
     async with client:
         with Progress(f"sending {name}", total, enabled=progress) as bar:

@@ -102,7 +102,7 @@ async def track(
     """
     out = out or sys.stdout
     async with client:
-        result = await client._track_at(event_key, user_id, attributes, tags, timestamp)
+        result = await client._intake.track_at(event_key, user_id, attributes, tags, timestamp)
     if not result.accepted:
         print(f"refused: {result.reason}: {result.message}", file=out)
         return 1

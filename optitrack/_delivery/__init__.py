@@ -25,6 +25,11 @@ parts. Data flows one way::
                                              LeanTransport (h11 keep-alive) or
                                              HttpxTransport ──▶ endpoint
 
+With ``spool=``, the queue is a :class:`SpoolQueue` (spool_queue.py): every accepted
+item is first appended to the :class:`Spool`'s journal (spool.py, format in
+spool_records.py); a full memory window spills to disk and is read back as it empties;
+finished items are removed from the journal, and what shutdown could not send is kept.
+
     Sender.send returns an outcome (delivered, a drop reason, or two halves); the
     processor hands it to the queue's ledger (finish or split).
 
@@ -42,16 +47,20 @@ from .options import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_SPOOL_BYTES,
     DEFAULT_OVERFLOW_TIMEOUT,
     EVENTS_API_MAX_BODY,
     BatchOptions,
     Overflow,
+    SpoolFsync,
     check_endpoint,
 )
 from .processor import BatchProcessor
 from .queue import BatchQueue
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 from .sender import Outcome, Sender
+from .spool import Spool
+from .spool_queue import SpoolQueue
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -62,6 +71,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_SPOOL_BYTES",
     "DEFAULT_OVERFLOW_TIMEOUT",
     "EVENTS_API_MAX_BODY",
     "BatchContext",
@@ -73,6 +83,9 @@ __all__ = [
     "Part",
     "RetryPolicy",
     "Sender",
+    "Spool",
+    "SpoolFsync",
+    "SpoolQueue",
     "check_endpoint",
     "is_retryable_status",
     "parse_retry_after",

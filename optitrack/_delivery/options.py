@@ -24,10 +24,12 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_SPOOL_BYTES",
     "DEFAULT_OVERFLOW_TIMEOUT",
     "EVENTS_API_MAX_BODY",
     "BatchOptions",
     "Overflow",
+    "SpoolFsync",
 ]
 
 DEFAULT_BATCH_SIZE = 1000
@@ -39,6 +41,7 @@ DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 DEFAULT_OVERFLOW_TIMEOUT = 1.0
 DEFAULT_MAX_IN_FLIGHT = 2
 DEFAULT_CLOSE_TIMEOUT = 5.0
+DEFAULT_MAX_SPOOL_BYTES = 1024 * 1024 * 1024
 #: The Events API's limit on one request body.
 EVENTS_API_MAX_BODY = 3_500_000
 
@@ -52,6 +55,25 @@ class Overflow(StrEnum):
     DROP_OLDEST = "drop_oldest"
     #: Wait up to ``overflow_timeout`` for room, then refuse (backpressure).
     BLOCK = "block"
+
+
+class SpoolFsync(StrEnum):
+    """When the spool's journal is forced to disk (``fsync``).
+
+    Records are always written to the file in batches, once per turn of the event loop
+    at the latest: a process crash (even ``kill -9``) loses nothing written. What
+    survives a power loss or a kernel crash depends on this policy.
+    """
+
+    #: fsync after each batch of records is written, in a worker thread. The default: a
+    #: power loss may lose the last batch (the events of one turn of the loop).
+    BATCH = "batch"
+    #: Write and fsync each record before ``track`` returns. Survives a power loss; costs
+    #: an fsync per event, on the event loop's thread: for low volumes only.
+    ALWAYS = "always"
+    #: Never fsync: the OS writes the pages back when it likes. Survives a process
+    #: crash, not a power loss.
+    NEVER = "never"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,11 +99,21 @@ class BatchOptions:
     gzip: bool = False
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    spool: str | None = None
+    max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES
+    spool_fsync: SpoolFsync = SpoolFsync.BATCH
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overflow", Overflow(self.overflow))
+        try:
+            object.__setattr__(self, "spool_fsync", SpoolFsync(self.spool_fsync))
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in SpoolFsync)
+            raise ValueError(
+                f"spool_fsync ({self.spool_fsync!r}) must be one of {choices}"
+            ) from None
         positive_ints = ("batch_size", "max_batch_bytes", "max_queue_size", "max_queue_bytes")
-        for name in (*positive_ints, "max_event_bytes", "max_in_flight"):
+        for name in (*positive_ints, "max_event_bytes", "max_in_flight", "max_spool_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} ({value!r}) must be an integer >= 1")
@@ -102,6 +134,11 @@ class BatchOptions:
             raise ValueError(
                 f"max_event_bytes ({self.max_event_bytes}) must be <= max_batch_bytes "
                 f"({self.max_batch_bytes})"
+            )
+        if self.spool is not None and self.max_event_bytes > self.max_spool_bytes:
+            raise ValueError(
+                f"max_event_bytes ({self.max_event_bytes}) must be <= max_spool_bytes "
+                f"({self.max_spool_bytes})"
             )
         if self.max_event_bytes > self.max_queue_bytes:
             raise ValueError(

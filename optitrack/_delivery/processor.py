@@ -4,7 +4,8 @@ Owns the worker loop (the pump: wait for a due batch, take it, start its deliver
 in-flight limit (``max_in_flight``, one while the circuit breaker is open), the close
 deadline and the drain, the shielded drain after a cancellation from outside (parts cut
 off are set aside and resent first, same body and key), abandoning everything in a forked
-child, and the :class:`~optitrack._results.Statistics` snapshot. It must not decide when
+child, opening and closing the spool (when there is one; its queue is a ``SpoolQueue``),
+and the :class:`~optitrack._results.Statistics` snapshot. It must not decide when
 a batch is due or how it is sent (the queue and the sender do), and it counts nothing
 about refusals (the caller passes its counts to :meth:`BatchProcessor.statistics`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -30,9 +32,11 @@ from .batch import Part
 from .options import BatchOptions
 from .queue import BatchQueue
 from .sender import Sender
+from .spool import DEFAULT_SEGMENT_BYTES, Spool
+from .spool_queue import SpoolQueue
 from .transport import Transport
 
-__all__ = ["BatchProcessor"]
+__all__ = ["BatchProcessor", "running_processors"]
 
 
 _NOTHING_REFUSED: Mapping[str, int] = MappingProxyType({})
@@ -46,6 +50,15 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def running_processors(thread: int) -> list[BatchProcessor]:
+    """The processors whose worker runs on ``thread``'s loop and has not stopped."""
+    return [
+        p
+        for p in list(_live_processors)
+        if p.thread == thread and not p._stopped.is_set() and not p._forked
+    ]
 
 
 class BatchProcessor:
@@ -65,7 +78,22 @@ class BatchProcessor:
 
     def __init__(self, options: BatchOptions, notifications: NotificationCenter) -> None:
         self.options = options
-        self.queue = BatchQueue(options)
+        self.spool: Spool | None = None
+        self.queue: BatchQueue
+        if options.spool is None:
+            self.queue = BatchQueue(options)
+        else:
+            self.spool = Spool(
+                options.spool,
+                max_bytes=options.max_spool_bytes,
+                fsync=options.spool_fsync,
+                # Segments go whole: at most an eighth of the bound each, so that a
+                # partly sent one never holds much disk beyond it.
+                segment_bytes=min(
+                    DEFAULT_SEGMENT_BYTES, max(options.max_spool_bytes // 8, 1 << 16)
+                ),
+            )
+            self.queue = SpoolQueue(options, self.spool)
         self._limiter = anyio.CapacityLimiter(options.max_in_flight)
         self._sender = Sender(
             options.retry, notifications, gzip=options.gzip, on_breaker=self._on_breaker
@@ -77,6 +105,24 @@ class BatchProcessor:
         self._stopped = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
+        self.thread: int | None = None  # the thread whose loop runs the worker
+
+    async def open(self, endpoint: str) -> None:
+        """Open the spool, if there is one: take its lock, read what was left in it.
+
+        Args:
+            endpoint: Where the events an earlier process left in the spool are sent.
+
+        Raises:
+            SpoolLockedError: Another client holds the spool.
+        """
+        if isinstance(self.queue, SpoolQueue):
+            await self.queue.open(endpoint)
+
+    def close_spool(self) -> None:
+        """Write out and release the spool, if there is one (again: a no-op)."""
+        if self.spool is not None and not self._forked:
+            self.spool.close()
 
     # -- the worker ------------------------------------------------------------------
 
@@ -100,6 +146,7 @@ class BatchProcessor:
         # Only a running processor has events a fork must leave to the parent: a client
         # made before a fork and first entered in the child is the child's own.
         _live_processors.add(self)
+        self.thread = threading.get_ident()
         self._now = self.queue.clock = _loop_clock()
         self._sender.attach(transport, self._now)
         try:
@@ -107,6 +154,8 @@ class BatchProcessor:
             with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
+                    if self.spool is not None:
+                        task_group.start_soon(self.spool.writer)
                     task_status.started()
                     await self._pump()
                     await self.queue.wait_idle(self._remaining())
@@ -114,7 +163,8 @@ class BatchProcessor:
         finally:
             self.queue.close()
             try:
-                if not self._forked and (self.queue.queued or self.queue.in_flight):
+                queue = self.queue
+                if not self._forked and (queue.queued or queue.in_flight or queue.spilled):
                     # Cancelled from outside (the task owning the client was): drain
                     # anyway, shielded, within the deadline.
                     remaining = self._remaining()
@@ -127,6 +177,7 @@ class BatchProcessor:
                                 task_group.cancel_scope.cancel()
             finally:
                 self._give_up(Reason.SHUTDOWN)
+                self.close_spool()
                 self._task_group = None
                 self._stopped.set()
 
@@ -186,8 +237,16 @@ class BatchProcessor:
 
     def _give_up(self, reason: Reason) -> None:
         """Count everything queued or in flight as dropped."""
+        kept = self.queue.kept
         lost = self.queue.give_up(reason)
         self._set_aside.clear()
+        if self.queue.kept > kept:
+            logger.warning(
+                "Shutdown deadline passed: %d event(s) not yet sent were kept in the spool %r "
+                "for the next client.",
+                self.queue.kept - kept,
+                self.options.spool,
+            )
         if lost and reason is Reason.SHUTDOWN:
             logger.error(
                 "Shutdown deadline passed: %d event(s) still queued or in flight were dropped.",
@@ -264,6 +323,10 @@ class BatchProcessor:
             requests=sender.requests,
             retries=sender.retries,
             bytes_sent=sender.bytes_sent,
+            spooled=queue.spilled + queue.kept,
+            recovered=self.spool.recovered if self.spool is not None else 0,
+            spool_skipped=self.spool.skipped if self.spool is not None else 0,
+            spool_bytes=self.spool.live_bytes if self.spool is not None else 0,
         )
 
 

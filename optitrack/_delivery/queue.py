@@ -93,7 +93,12 @@ class BatchQueue:
         in_flight: Items in parts taken and not yet accounted for.
         batches: Batches taken (a split batch counts once).
         clock: The clock of the running loop; the processor sets it when it starts.
+        spilled: Accepted items held on disk only (always 0 here: see ``SpoolQueue``).
+        kept: Items kept on disk at shutdown (always 0 here: see ``SpoolQueue``).
     """
+
+    spilled = 0
+    kept = 0
 
     def __init__(self, options: BatchOptions) -> None:
         self._batch_size = options.batch_size

@@ -18,7 +18,7 @@ import pytest
 
 import optitrack
 from optitrack._cli import main
-from optitrack._cli._records import csv_parser, jsonl_parser, typed
+from optitrack._cli._records import BadLine, csv_parser, jsonl_parser, typed
 from optitrack.testing import EventsAPI, serve
 
 from .conftest import asgi_client
@@ -270,6 +270,23 @@ def test_parsers_line_by_line() -> None:
     parse = jsonl_parser()
     assert parse(b'{"event_key": "e", "user_id": "u"}\n') == ("e", "u", None, None, None)
     assert parse(b"   \n") is None
+    # The common line takes a shortcut; every other shape reads as the decoder reads it.
+    same = ("e", "u", None, None, None)
+    for line in (
+        b'{"event_key":"e","user_id":"u"}',  # the last line, without a newline
+        b'{"event_key":"e","user_id":"u"}\r\n',
+        b' {"event_key":"e","user_id":"u"} \n',
+        b'\xef\xbb\xbf{"event_key":"e","user_id":"u"}\n',  # a byte order mark
+    ):
+        assert parse(line) == same, line
+    for line, problem in (
+        (b'{"event_key":"e","user_id":"u"} {}\n', "Extra data"),
+        (b'{"event_key":"e",\n', "Expecting property name"),
+        (b'{"event_key":"\xff","user_id":"u"}\n', "can't decode byte 0xff"),
+    ):
+        bad = parse(line)
+        assert isinstance(bad, BadLine), line
+        assert (bad.reason, problem in bad.message) == ("not_json", True), bad
     parse = csv_parser(b"\xef\xbb\xbfuser_id,event_key,tag:n\r\n")  # a BOM, CRLF
     assert parse(b"u,e,3\r\n") == ("e", "u", None, {"n": 3}, None)
     with pytest.raises(ValueError, match="unknown CSV column 'plan'"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import json.scanner
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any, Final
@@ -89,16 +90,32 @@ def jsonl_parser() -> Callable[[bytes], Record | BadLine | None]:
     """A parser of JSON Lines: one line in, a record, a bad line, or ``None`` (blank)."""
     # Decoding the bytes first, then the decoder itself: json.loads of bytes spends a third
     # of its time guessing their encoding. utf-8-sig: a byte order mark is not an error.
-    decode = json.JSONDecoder().decode
+    decoder = json.JSONDecoder()
+    decode = decoder.decode
+    # The decoder's own scanner, for the common line: an object from the first character
+    # to the newline. Anything else (whitespace around it, a byte order mark, extra data,
+    # invalid JSON) goes through decode(), which reads it the same or says what is wrong.
+    scan = json.scanner.make_scanner(decoder)  # type: ignore[arg-type]  # typeshed: a class
     keys = _KEYS
 
     def parse(line: bytes) -> Record | BadLine | None:
-        try:
-            obj = decode(line.decode("utf-8-sig"))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            if not line.strip():
-                return None
-            return BadLine("not_json", f"not valid JSON: {exc}")
+        obj = None
+        if line[:1] == b"{":
+            try:
+                text = line.decode()
+                obj, end = scan(text, 0)
+            except (ValueError, StopIteration):
+                obj = None
+            else:
+                if end != len(text) and (end != len(text) - 1 or text[end] != "\n"):
+                    obj = None
+        if obj is None:
+            try:
+                obj = decode(line.decode("utf-8-sig"))
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+                if not line.strip():
+                    return None
+                return BadLine("not_json", f"not valid JSON: {exc}")
         if type(obj) is not dict:
             return BadLine("bad_record", f"must be a JSON object, not {type(obj).__name__}")
         if len(obj) > 5 or not obj.keys() <= keys:

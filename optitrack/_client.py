@@ -47,7 +47,7 @@ from ._delivery import (
     SpoolFsync,
     check_endpoint,
 )
-from ._delivery.transport import HttpxTransport, LeanTransport, Transport, uses_proxy
+from ._delivery.transport import open_transports
 from ._exceptions import ClientStateError, unwrap_single_group
 from ._intake import CLOSED, NEW, NO_DATAFILE, RUNNING, Intake
 from ._logging import log_closed, log_started
@@ -247,27 +247,14 @@ class Client(ClassicCalls):
         await self._processor.open(self.event_endpoint)
         async with AsyncExitStack() as stack:
             stack.callback(self._processor.close_spool)  # also if starting fails
-            http = self._http
-            # Events go through the lean transport unless the application gave its own
-            # httpx client or the environment asks for a proxy (httpx speaks to proxies).
-            lean = http is None and not uses_proxy(self.event_endpoint)
-            if http is None and (self._manager is not None or not lean):
-                connections = self._options.max_in_flight + 1
-                http = await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        limits=httpx.Limits(
-                            max_connections=connections, max_keepalive_connections=connections
-                        ),
-                        timeout=self._options.retry.attempt_timeout,
-                    )
-                )
-            transport: Transport
-            if lean:
-                transport = LeanTransport(self._options.max_in_flight)
-                stack.push_async_callback(transport.aclose)
-            else:
-                assert http is not None
-                transport = HttpxTransport(http)
+            transport, http = await open_transports(
+                stack,
+                self.event_endpoint,
+                self._http,
+                max_in_flight=self._options.max_in_flight,
+                attempt_timeout=self._options.retry.attempt_timeout,
+                need_httpx=self._manager is not None,
+            )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             await task_group.start(self._processor.run, transport)
             self._ready_event = anyio.Event()

@@ -17,6 +17,7 @@ import select
 import ssl
 import urllib.request
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ __all__ = [
     "LeanTransport",
     "Timeouts",
     "Transport",
+    "open_transports",
     "uses_proxy",
 ]
 
@@ -154,6 +156,48 @@ def uses_proxy(url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.netloc)
+
+
+async def open_transports(
+    stack: AsyncExitStack,
+    endpoint: str,
+    http: httpx.AsyncClient | None,
+    *,
+    max_in_flight: int,
+    attempt_timeout: float,
+    need_httpx: bool,
+) -> tuple[Transport, httpx.AsyncClient | None]:
+    """A client's transport for its events, and its httpx client when it needs one.
+
+    Events go through the lean transport unless the application gave its own httpx
+    client or the environment asks for a proxy (httpx speaks to proxies). An httpx client
+    is made when events need one, or when ``need_httpx`` (the datafile is fetched).
+    What is made here is closed with ``stack``.
+
+    Args:
+        stack: Where what is opened here is closed.
+        endpoint: The Events API endpoint.
+        http: The application's httpx client, or ``None``.
+        max_in_flight: Requests in flight at most (the pools' size).
+        attempt_timeout: The timeout of an httpx client made here, in seconds.
+        need_httpx: Whether an httpx client is needed for something else.
+
+    Returns:
+        The transport, and the httpx client (the application's, one made here, or ``None``).
+    """
+    lean = http is None and not uses_proxy(endpoint)
+    if http is None and (need_httpx or not lean):
+        connections = max_in_flight + 1
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(limits=limits, timeout=attempt_timeout)
+        )
+    if not lean:
+        assert http is not None
+        return HttpxTransport(http), http
+    transport = LeanTransport(max_in_flight)
+    stack.push_async_callback(transport.aclose)
+    return transport, http
 
 
 class _Stale(Exception):

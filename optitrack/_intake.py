@@ -239,6 +239,52 @@ class Intake:
             )
         return data
 
+    def track_at_nowait(
+        self,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+        timestamp: int | None,
+    ) -> TrackResult | bytes:
+        """Track with the event's own timestamp (``optitrack send``), without waiting.
+
+        Returns:
+            The result; or, when the queue is full, the event's bytes (nothing queued)
+            for :meth:`put_waiting`.
+        """
+        data = None
+        if timestamp is None or (
+            type(timestamp) is int and 0 < timestamp <= time.time_ns() // 1_000_000 + MAX_FUTURE_MS
+        ):
+            data = self.fast(event_key, user_id, attributes, event_tags, None, timestamp)
+        if data is None:
+            conversion = self.conversion(
+                event_key, user_id, attributes, event_tags, timestamp=timestamp
+            )
+            if type(conversion) is not bytes:
+                return conversion
+            data = conversion
+        reason = self.queue.put_nowait(self.context, data)
+        if reason is None and not self.track_listeners:
+            return ACCEPTED
+        if reason is Reason.QUEUE_FULL:
+            return data
+        return self.submitted(reason, event_key, user_id, attributes, event_tags)
+
+    async def put_waiting(
+        self,
+        data: bytes,
+        event_key: str,
+        user_id: str,
+        attributes: Mapping[str, Any] | None,
+        event_tags: Mapping[str, Any] | None,
+    ) -> TrackResult:
+        """Queue a conversion :meth:`track_at_nowait` made, waiting for room as long as
+        it takes (an import never drops for a full queue)."""
+        reason = await self.queue.put_waiting(self.context, data)
+        return self.submitted(reason, event_key, user_id, attributes, event_tags)
+
     async def track_at(
         self,
         event_key: str,
@@ -247,23 +293,11 @@ class Intake:
         event_tags: Mapping[str, Any] | None,
         timestamp: int | None,
     ) -> TrackResult:
-        # optitrack send: track with the event's own timestamp, waiting for room in the
-        # queue as long as it takes (an import never drops for a full queue).
-        intake = self
-        data = None
-        if timestamp is None or timestamp_problem(timestamp) is None:
-            data = intake.fast(event_key, user_id, attributes, event_tags, None, timestamp)
-        if data is None:
-            conversion = intake.conversion(
-                event_key, user_id, attributes, event_tags, timestamp=timestamp
-            )
-            if type(conversion) is not bytes:
-                return conversion  # type: ignore[return-value]
-            data = conversion
-        reason = await intake.queue.put_waiting(intake.context, data)
-        if reason is None and not intake.track_listeners:
-            return ACCEPTED
-        return intake.submitted(reason, event_key, user_id, attributes, event_tags)
+        """:meth:`track_at_nowait`, waiting for room in the queue as long as it takes."""
+        result = self.track_at_nowait(event_key, user_id, attributes, event_tags, timestamp)
+        if isinstance(result, bytes):
+            return await self.put_waiting(result, event_key, user_id, attributes, event_tags)
+        return result
 
     async def track_user(
         self, user: UserContext, event_key: str, event_tags: Mapping[str, Any] | None

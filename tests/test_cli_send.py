@@ -293,3 +293,31 @@ def test_parsers_line_by_line() -> None:
         csv_parser(b"event_key,user_id,plan\n")
     with pytest.raises(ValueError, match="repeats a column"):
         csv_parser(b"event_key,user_id,user_id\n")
+
+
+async def test_a_full_queue_makes_the_import_wait_never_drop() -> None:
+    # A queue of 5 for 300 lines: the import waits for room again and again, and every
+    # line arrives once, none refused or dropped.
+    import io
+
+    from optitrack._cli.send import send
+
+    lines = "".join(
+        json.dumps({"event_key": "purchase", "user_id": f"u{n}", "timestamp": T0 + n}) + "\n"
+        for n in range(300)
+    )
+    api = EventsAPI()
+    async with serve(api) as server:
+        client = optitrack.Client(
+            DATAFILE, event_endpoint=server.url, max_queue_size=5, batch_size=5
+        )
+        out, err = io.StringIO(), io.StringIO()
+        with anyio.fail_after(30):
+            status = await send(
+                client, io.BytesIO(lines.encode()), "jsonl", progress=False, out=out, err=err
+            )
+    assert status == 0, err.getvalue()
+    stats = client.statistics()
+    assert (stats.accepted, stats.delivered, sum(stats.refused.values())) == (300, 300, 0)
+    assert sorted(v.visitor_id for v in api.visitors) == sorted(f"u{n}" for n in range(300))
+    assert "sent         300 (of 300 accepted)" in out.getvalue()

@@ -201,7 +201,8 @@ async def send(
     skipped: Counter[str] = Counter()
     lines = 0
     sent_lines = 0
-    track_at = client._intake.track_at
+    track_now = client._intake.track_at_nowait
+    put_waiting = client._intake.put_waiting
     every = client._options.batch_size
     async with client:
         with Progress(f"sending {name}", total, enabled=progress) as bar:
@@ -225,7 +226,11 @@ async def send(
                         skipped[record.reason] += 1
                         print(f"{name}:{lines}: {record.reason}: {record.message}", file=err)
                         continue
-                    result = await track_at(*record)  # type: ignore[misc]
+                    outcome = track_now(*record)  # type: ignore[misc]
+                    if isinstance(outcome, bytes):  # the queue is full: wait for room
+                        event_key, user_id, attributes, tags, _ = record  # type: ignore[misc]
+                        outcome = await put_waiting(outcome, event_key, user_id, attributes, tags)
+                    result = outcome
                     if result.accepted:
                         sent_lines += 1
                     else:

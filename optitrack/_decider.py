@@ -14,6 +14,7 @@ chosen (``_decisions``), how events are serialized (``_events``) or queued (the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from threading import get_ident
 from typing import Any
 
 from ._decider_classic import ClassicDecisions
@@ -79,6 +80,7 @@ class Decider(ClassicDecisions):
         self._config = engine.config
         self._intake = intake
         self._notifications = notifications
+        self._decision_listeners = notifications.listeners_of(_DECISION)
         self._profiles = profiles
         self._strict = strict
         self._inputs = Inputs(engine.config, strict)
@@ -145,7 +147,13 @@ class Decider(ClassicDecisions):
         impressions: list[bytes] = []
         result = self._decide_for(user, flag, profile, choices, impressions)
         if impressions:
-            await intake.put_impressions(impressions)
+            if len(impressions) == 1 and intake.state == RUNNING and get_ident() == intake.thread:
+                # put_impressions for the common one, without its own coroutine.
+                reason = await intake.queue.put(intake.context, impressions[0])
+                if reason is not None:
+                    intake.refusals.refuse_event(reason)
+            else:
+                await intake.put_impressions(impressions)
         if profile is not None and profile.changed:
             await self._profiles.save(profile)
         return result
@@ -284,7 +292,7 @@ class Decider(ClassicDecisions):
             user,
             decision.reasons if choices.with_reasons else (),
         )
-        if self._notifications.has_listeners(_DECISION):
+        if self._decision_listeners:
             self._notify(
                 "flag",
                 user.user_id,

@@ -92,7 +92,11 @@ def find_bucket(bucketing_id: str, parent_id: str, allocation: Allocation) -> st
         The ``entityId`` of the first range whose ``endOfRange`` is above the user's bucket,
         or ``None`` when no range is, or when that range is a hole (empty ``entityId``).
     """
-    bucket = bucket_value(bucketing_id + parent_id)
+    key = bucketing_id + parent_id
+    if key.isascii():  # bucket_value, inlined: this runs for every decision
+        bucket = int(mmh3.hash(key, HASH_SEED, False) / _MAX_HASH_VALUE * MAX_TRAFFIC_VALUE)
+    else:
+        bucket = bucket_value(key)
     for end_of_range, entity_id in allocation:
         if bucket < end_of_range:
             return entity_id or None

@@ -35,6 +35,7 @@ experiments' own order (:mod:`.experiments`), compiling
 from __future__ import annotations
 
 from collections.abc import Mapping
+from logging import DEBUG
 from typing import Any, Final
 
 from .._logging import logger
@@ -48,6 +49,8 @@ from .variables import cast, raw_value
 __all__ = ["DecisionEngine"]
 
 _TYPE_TARGETED_DELIVERY: Final = "td"
+_FEATURE_TEST: Final = RuleType.FEATURE_TEST
+_debug_on = logger.isEnabledFor
 
 
 class DecisionEngine(ExperimentDecisions):
@@ -213,7 +216,7 @@ class DecisionEngine(ExperimentDecisions):
             segments: The user's qualified segments.
         """
         compiled = self._compiled
-        if compiled.has_holdouts or user_id in self._forced.by_user or debug_enabled():
+        if compiled.has_holdouts or user_id in self._forced.by_user or _debug_on(DEBUG):
             return None
         bucketing_id = attributes.get(BUCKETING_ID_ATTRIBUTE, user_id)
         if type(bucketing_id) is not str:
@@ -231,7 +234,10 @@ class DecisionEngine(ExperimentDecisions):
                 continue
             variation = self._bucket(rule, bucketing_id, user_id, None)
             if variation is not None and not rule.dict_variations:
-                return self._result(rule.entity, variation, RuleType.FEATURE_TEST, None, False)
+                decision = self._decisions.get((id(rule.entity), id(variation), _FEATURE_TEST))
+                if decision is not None:  # _result's cache, looked up inline
+                    return decision
+                return self._result(rule.entity, variation, _FEATURE_TEST, None, False)
         rules = plan.rollout_rules
         last = len(rules) - 1
         index = 0

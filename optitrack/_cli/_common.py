@@ -10,13 +10,28 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["Progress", "example_datafile", "positive"]
+__all__ = ["Progress", "example_datafile", "naming_datafile", "positive"]
 
 
 def example_datafile() -> dict[str, Any]:
     """The example datafile bundled with optitrack (a flag, an experiment, a rollout)."""
     text = resources.files("optitrack").joinpath("example_datafile.json").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+def naming_datafile(path: str | None) -> dict[str, Any] | None:
+    """The datafile a ``--datafile PATH`` option names experiments with (``None``: none).
+
+    Raises:
+        ValueError: The file cannot be read, or is not JSON (the message says which).
+    """
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)  # type: ignore[no-any-return]
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--datafile: {exc}") from exc
 
 
 def positive(text: str) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import json
 import sys
 from typing import Any
 
 import anyio
+
+from ._common import naming_datafile
 
 __all__ = ["collector", "register"]
 
@@ -99,14 +100,11 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    datafile = None
-    if args.datafile:
-        try:
-            with open(args.datafile, encoding="utf-8") as file:
-                datafile = json.load(file)
-        except (OSError, ValueError) as exc:
-            print(f"optitrack collector: error: --datafile: {exc}", file=sys.stderr)
-            return 2
+    try:
+        datafile = naming_datafile(args.datafile)
+    except ValueError as exc:
+        print(f"optitrack collector: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ._common import naming_datafile
+
 __all__ = ["print_results", "register"]
 
 
@@ -54,13 +56,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.db != ":memory:" and not os.path.isfile(args.db):
         return _fail(f"no database at {args.db} (run 'optitrack collector --db {args.db}')")
-    datafile = None
-    if args.datafile:
-        try:
-            with open(args.datafile, encoding="utf-8") as file:
-                datafile = json.load(file)
-        except (OSError, ValueError) as exc:
-            return _fail(f"--datafile: {exc}")
+    try:
+        datafile = naming_datafile(args.datafile)
+    except ValueError as exc:
+        return _fail(str(exc))
     api = EventsAPI(db=args.db, datafile=datafile, record=False)
     try:
         results = api.results()

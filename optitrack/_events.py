@@ -105,6 +105,14 @@ def batch_context(
     return BatchContext(endpoint, prefix, _BODY_SUFFIX)
 
 
+def _kept(cache: dict[Any, str], key: Any, text: str) -> str:
+    """Keep ``text`` in a cache of rendered JSON, bounded (its keys come from users)."""
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[key] = text
+    return text
+
+
 class EventFactory:
     """Turns track and decision calls into serialized ``visitors[]`` entries.
 
@@ -263,9 +271,7 @@ class EventFactory:
             parts.append(self._bot_filtering)
         text = "[" + ",".join(parts) + "]"
         if cacheable:
-            if len(self._attributes_cache) >= 4096:  # bounded: values come from users
-                self._attributes_cache.clear()
-            self._attributes_cache[key] = text
+            _kept(self._attributes_cache, key, text)
         return text
 
     def fast_conversion(
@@ -311,10 +317,7 @@ class EventFactory:
                         attribute_head = self._attribute_heads.get(name)
                         if attribute_head is None or not value.isascii():
                             return None  # unknown (logged), not seen yet, or non-ASCII
-                        part = "," + attribute_head + _json_str(value) + "}"
-                        if len(parts) >= 4096:  # bounded: values come from users
-                            parts.clear()
-                        parts[item] = part
+                        part = _kept(parts, item, "," + attribute_head + _json_str(value) + "}")
                     text += part
                     continue
                 attribute_head = self._attribute_heads.get(name)
@@ -346,19 +349,16 @@ class EventFactory:
                         if part is None:
                             if type(name) is not str or not (name.isascii() and value.isascii()):
                                 return None  # not a str key; non-ASCII is checked the general way
-                            part = "," + _json_str(name) + ":" + _json_str(value)
-                            if len(parts) >= 4096:  # bounded: values come from users
-                                parts.clear()
-                            parts[item] = part
+                            part = _kept(
+                                parts, item, "," + _json_str(name) + ":" + _json_str(value)
+                            )
                         text += part
                         continue
                     key = self._tag_keys.get(name)
                     if key is None:
                         if type(name) is not str or not name.isascii():
                             return None
-                        key = "," + _json_str(name) + ":"
-                        if len(self._tag_keys) < 4096:
-                            self._tag_keys[name] = key
+                        key = _kept(self._tag_keys, name, "," + _json_str(name) + ":")
                     if kind is int:
                         text += key + int.__repr__(value)  # ValueError past 4300 digits
                     elif kind is bool:

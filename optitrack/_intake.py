@@ -67,15 +67,8 @@ class FastConversion(Protocol):
     ) -> bytes | None: ...
 
 
-def _declined(
-    event_key: Any,
-    user_id: Any,
-    attributes: Any,
-    tags: Any,
-    attributes_json: str | None = None,
-    timestamp: int | None = None,
-) -> None:
-    return None
+def _declined(*call: Any) -> None:
+    return None  # the fast path of a client that is not running: every call declined
 
 
 def timestamp_problem(timestamp: Any) -> str | None:

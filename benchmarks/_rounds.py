@@ -63,6 +63,25 @@ class Run:
     duplicates: int
     requests: int
 
+    @classmethod
+    def between(
+        cls,
+        events: int,
+        seconds: float,
+        cpu_seconds: float,
+        before: dict[str, Any],
+        after: dict[str, Any],
+    ) -> Run:
+        """A run of ``events``, from the stand-in's counts before and after it."""
+        return cls(
+            events=events,
+            seconds=seconds,
+            cpu_seconds=cpu_seconds,
+            received=delta(after, before, "events"),
+            duplicates=delta(after, before, "duplicates"),
+            requests=delta(after, before, "requests"),
+        )
+
     @property
     def events_per_s(self) -> float:
         """Events over the time from the first call to the last delivery."""
@@ -108,14 +127,7 @@ async def optitrack_run(
             t1 = time.perf_counter()
             cpu1 = time.process_time()
     after = collector.stats()
-    return Run(
-        events=events,
-        seconds=t1 - t0,
-        cpu_seconds=cpu1 - cpu0,
-        received=delta(after, before, "events"),
-        duplicates=delta(after, before, "duplicates"),
-        requests=delta(after, before, "requests"),
-    )
+    return Run.between(events, t1 - t0, cpu1 - cpu0, before, after)
 
 
 def optimizely_run(collector: Collector, events: int, batch_size: int) -> Run:
@@ -143,14 +155,7 @@ def optimizely_run(collector: Collector, events: int, batch_size: int) -> Run:
     after = collector.wait_events(before["events"] + events, 120.0)
     t1 = time.perf_counter()
     cpu1 = time.process_time()
-    return Run(
-        events=events,
-        seconds=t1 - t0,
-        cpu_seconds=cpu1 - cpu0,
-        received=delta(after, before, "events"),
-        duplicates=delta(after, before, "duplicates"),
-        requests=delta(after, before, "requests"),
-    )
+    return Run.between(events, t1 - t0, cpu1 - cpu0, before, after)
 
 
 def section_rounds(

@@ -216,8 +216,45 @@ async def breakdown(url: str, calls: int, repeats: int) -> list[tuple[str, float
                 for user in users:
                     await user.decide(FLAG, options)
                 pieces.setdefault(label, []).append((clock() - t0) / calls)
+            for label, ns in _inner_pieces(client, users, calls):
+                pieces.setdefault(label, []).append(ns)
         await client.aclose(timeout=0)  # what was queued is dropped: never sent
     return [(label, median(values)) for label, values in pieces.items()]
+
+
+def _inner_pieces(
+    client: optitrack.Client, users: list[Any], calls: int
+) -> list[tuple[str, float]]:
+    """Parts of one decide, each alone over ``users`` (private parts: what they cost)."""
+    decider = client._decider
+    engine = decider.engine
+    factory = client._intake.factory
+    flag = decider.config.flags_by_key[FLAG]
+    decision = engine.decide_flag_lean(flag, users[0].user_id, users[0]._attributes, None)
+    assert decision is not None, "the benchmark's flag takes the lean path"
+    rule, variation = decision.experiment, decision.variation
+    rule_type = decision.rule_type or "rollout"
+    wire = users[0].wire_attributes(factory)
+    clock = time.perf_counter_ns
+    out = []
+    gc.collect()
+    t0 = clock()
+    for user in users:
+        engine.decide_flag_lean(flag, user.user_id, user._attributes, user._segments)
+    out.append(("  the engine alone (its lean path)", (clock() - t0) / calls))
+    t0 = clock()
+    for user in users:
+        factory.impression(user.user_id, wire, FLAG, rule, variation, rule_type, True)
+    out.append(("  serializing the impression alone", (clock() - t0) / calls))
+    t0 = clock()
+    for user in users:
+        factory.attributes_json(user._attributes)
+    out.append(("  rendering a context's attributes alone", (clock() - t0) / calls))
+    t0 = clock()
+    for user in users:
+        optitrack.Decision("on", True, {}, "rule", FLAG, user, ())
+    out.append(("  building a Decision alone", (clock() - t0) / calls))
+    return out
 
 
 class _Discard:

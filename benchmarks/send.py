@@ -22,6 +22,7 @@ Run it from the repository root::
 
     python benchmarks/send.py                    # 200,000 lines
     python benchmarks/send.py --lines 20000      # quicker
+    python benchmarks/send.py --memory --lines 7000000   # a 1 GB file's peak RSS
 """
 
 from __future__ import annotations
@@ -133,6 +134,12 @@ def optimizely_sdk(collector: Collector, path: Path, lines: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=200_000, help="lines in the file")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the subprocess import, for its peak RSS against the file's size "
+        "(try --lines 7000000, about 1 GB)",
+    )
     args = parser.parse_args()
     print_machine("optitrack send vs optimizely-sdk track, one JSON Lines file", sys.argv)
     quiet_refusals()
@@ -141,6 +148,14 @@ def main() -> None:
         path = Path(tmp) / "conversions.jsonl"
         size = generate(path, lines)
         print(f"file: {lines:,} lines, {size / 1e6:.1f} MB")
+        if args.memory:
+            child = optitrack_subprocess(collector, path, lines)
+            print(
+                f"optitrack send, subprocess: {child:.2f} s, {lines / child:,.0f} events/s,"
+                f" peak RSS {rss_mb(resource.RUSAGE_CHILDREN):.0f} MB"
+            )
+            print_load()
+            return
         rss_before = rss_mb(resource.RUSAGE_SELF)
         ours = optitrack_in_process(collector, path, lines)
         rss_ours = rss_mb(resource.RUSAGE_SELF)

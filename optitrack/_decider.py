@@ -17,7 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from threading import get_ident
 from typing import Any
 
+from anyio.lowlevel import checkpoint
+
 from ._decider_classic import ClassicDecisions
+from ._decider_common import CommonDecisions
 from ._decisions import (
     DecisionEngine,
     FeatureFlag,
@@ -50,7 +53,7 @@ _HOLDOUT, _ROLLOUT = RuleType.HOLDOUT, RuleType.ROLLOUT
 _DECISION = NotificationType.DECISION
 
 
-class Decider(ClassicDecisions):
+class Decider(ClassicDecisions, CommonDecisions):
     """Makes every decision call for a client.
 
     Args:
@@ -88,6 +91,7 @@ class Decider(ClassicDecisions):
         # (flag, variation) by identity -> their variables, when every value is immutable:
         # read-only, so decisions can share them. Emptied with each new datafile.
         self._variables: dict[tuple[int, int], Variables] = {}
+        self._forget_plans()
 
     @property
     def config(self) -> ProjectConfig:
@@ -99,6 +103,7 @@ class Decider(ClassicDecisions):
         self.engine.update_config(config)
         self._config = self._inputs.config = config
         self._variables = {}
+        self._forget_plans()
         self.ready = True
 
     # -- decide ----------------------------------------------------------------------
@@ -130,6 +135,12 @@ class Decider(ClassicDecisions):
     ) -> Decision:
         """Decide one flag for a user (:meth:`UserContext.decide`)."""
         intake = self._intake
+        if not options:
+            decision = self._decide_common(user, key)
+            if decision is not None:
+                if intake.queue.offered():  # let the worker have its turn now and then
+                    await checkpoint()
+                return decision
         # The common call (a known flag, no options, a running client) skips _prepare.
         flag = None
         if not options and intake.state == RUNNING and type(key) is str:

@@ -477,21 +477,61 @@ class EventFactory:
         Raises:
             InvalidInputError: The user id is not valid Unicode.
         """
+        return self.visitor_impression(
+            user_id,
+            attributes_json,
+            self.impression_fragment(flag_key, rule, variation, rule_type, enabled),
+        )
+
+    def impression_fragment(
+        self,
+        flag_key: str,
+        rule: Experiment | Holdout | None,
+        variation: Variation | None,
+        rule_type: str,
+        enabled: bool,
+    ) -> str:
+        """Everything of an impression but its visitor, timestamp and uuid, built once.
+
+        Args:
+            flag_key: The flag key; ``""`` for Activate.
+            rule: The experiment or rule that decided, or ``None`` when none matched.
+            variation: The variation, or ``None``.
+            rule_type: ``experiment``, ``feature-test``, ``rollout`` or ``holdout``.
+            enabled: The variation's ``featureEnabled`` (always true for Activate).
+
+        Returns:
+            The text :meth:`visitor_impression` completes.
+        """
         # By identity: entities are frozen pydantic models, slow to hash by value. The
         # cache holds them, so their ids cannot be reused while they are keys.
         cached = self._impression_fragments.get(
             (flag_key, id(rule), id(variation), rule_type, enabled)
         )
         if cached is not None and cached[0] is rule and cached[1] is variation:
-            fragment = cached[2]
-        else:
-            fragment = self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
+            return cached[2]
+        return self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
+
+    @staticmethod
+    def visitor_impression(user_id: str, attributes_json: str, fragment: str) -> bytes:
+        """One impression as a visitor: a user, their attributes and a fragment, now.
+
+        Args:
+            user_id: The user id (the visitor id; never the bucketing id).
+            attributes_json: The user's attributes, rendered by :meth:`attributes_json`.
+            fragment: The decision's :meth:`impression_fragment`.
+
+        Returns:
+            The visitor as JSON bytes.
+
+        Raises:
+            InvalidInputError: The user id is not valid Unicode.
+        """
         visitor = _json_str(user_id)
         if "\\ud" in visitor and not_unicode(user_id):
             raise InvalidInputError("user_id", NOT_UNICODE)
-        timestamp = time.time_ns() // 1_000_000
         text = (
             f'{{"visitor_id":{visitor},"attributes":{attributes_json},{fragment},'
-            f'"timestamp":{timestamp},"uuid":"{new_uuid()}"}}]}}]}}'
+            f'"timestamp":{time.time_ns() // 1_000_000},"uuid":"{new_uuid()}"}}]}}]}}'
         )
         return text.encode("ascii")

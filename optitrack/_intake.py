@@ -112,6 +112,8 @@ class Intake:
         impression_variation: ImpressionVariation,
     ) -> None:
         self._state: str = NEW
+        #: Whether :attr:`state` is ``"running"``: read on the hot paths.
+        self.running = False
         #: ``EventFactory.fast_conversion`` while running, else a stand-in that always
         #: declines: the common ``track`` takes one call to become bytes.
         self.fast: FastConversion = _declined
@@ -134,7 +136,8 @@ class Intake:
     @state.setter
     def state(self, state: str) -> None:
         self._state = state
-        self.fast = self.factory.fast_conversion if state == RUNNING else _declined
+        self.running = state == RUNNING
+        self.fast = self.factory.fast_conversion if self.running else _declined
 
     def use(self, config: ProjectConfig, endpoint: str) -> None:
         """Make events for another datafile (or endpoint) from now on."""

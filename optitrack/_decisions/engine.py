@@ -34,14 +34,15 @@ experiments' own order (:mod:`.experiments`), compiling
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from logging import DEBUG
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
 
 from .._logging import logger
-from .bucketing import BUCKETING_ID_ATTRIBUTE, resolve_bucketing_id
+from .bucketing import resolve_bucketing_id
 from .datafile import Experiment, FeatureFlag, Holdout, Variation
 from .experiments import ExperimentDecisions, debug_enabled, warn_bucketing_id
+from .lean import LeanPlan, compile_lean, decide_lean
+from .project import ProjectConfig
 from .records import RuleType, UserInput, UserProfile, VariationDecision
 from .rules import FlagPlan, Rule
 from .variables import cast, raw_value
@@ -50,7 +51,11 @@ __all__ = ["DecisionEngine"]
 
 _TYPE_TARGETED_DELIVERY: Final = "td"
 _FEATURE_TEST: Final = RuleType.FEATURE_TEST
-_debug_on = logger.isEnabledFor
+Leaf = TypeVar("Leaf")
+
+
+def _same(decision: VariationDecision) -> VariationDecision:
+    return decision
 
 
 class DecisionEngine(ExperimentDecisions):
@@ -193,6 +198,43 @@ class DecisionEngine(ExperimentDecisions):
             plan, user, bucketing_id, bad_id, forced_decisions, reasons, include_reasons, holdout
         )
 
+    def update_config(self, config: ProjectConfig) -> None:
+        """Decide with a new datafile from now on, keeping forced variations.
+
+        Args:
+            config: The new project config.
+        """
+        super().update_config(config)
+        self._lean_plans: dict[str, tuple[FeatureFlag, LeanPlan[VariationDecision] | None]] = {}
+
+    @property
+    def forced_users(self) -> Mapping[str, Any]:
+        """The users with forced variations (:meth:`set_forced_variation`), read-only."""
+        return self._forced.by_user
+
+    def lean_plan(
+        self, flag: FeatureFlag, leaf: Callable[[VariationDecision], Leaf]
+    ) -> LeanPlan[Leaf] | None:
+        """A flag compiled for the common case (see :mod:`.lean`), with the caller's leaves.
+
+        Args:
+            flag: The flag (from this engine's config).
+            leaf: What each of the flag's possible decisions becomes in the plan.
+
+        Returns:
+            The plan, or ``None`` when the general way decides this flag: the datafile
+            has holdouts, or the flag's rules are not the common kind.
+        """
+        compiled = self._compiled
+        if compiled.has_holdouts:
+            return None
+        return compile_lean(compiled.flag(flag), self._plain_result, leaf)
+
+    def _plain_result(
+        self, experiment: Experiment | None, variation: Variation | None, rule_type: RuleType
+    ) -> VariationDecision:
+        return self._result(experiment, variation, rule_type, None, False)
+
     def decide_flag_lean(
         self,
         flag: FeatureFlag,
@@ -205,9 +247,9 @@ class DecisionEngine(ExperimentDecisions):
         The common case: a datafile without holdouts, a user without forced decisions,
         forced variations or a profile, a bucketing id that is the user id or a str, and
         no reasons to collect (``decide_flag``'s ``include_reasons`` false, DEBUG logging
-        off). The same steps in the same order, without what cannot happen then: the
-        decision is the one :meth:`decide_flag` makes, and an uncommon case returns
-        ``None`` for the caller to take the general way.
+        off). The decision is the one :meth:`decide_flag` makes (the same object), found
+        by walking the flag's lean plan; an uncommon case returns ``None`` for the caller
+        to take the general way.
 
         Args:
             flag: The flag (from this engine's config).
@@ -215,43 +257,15 @@ class DecisionEngine(ExperimentDecisions):
             attributes: The user's attributes.
             segments: The user's qualified segments.
         """
-        compiled = self._compiled
-        if compiled.has_holdouts or user_id in self._forced.by_user or _debug_on(DEBUG):
+        known = self._lean_plans.get(flag.key)
+        if known is None or known[0] is not flag:
+            if len(self._lean_plans) >= 10_000:  # bounded: flags may come from elsewhere
+                self._lean_plans.clear()
+            known = self._lean_plans[flag.key] = (flag, self.lean_plan(flag, _same))
+        plan = known[1]
+        if plan is None:
             return None
-        bucketing_id = attributes.get(BUCKETING_ID_ATTRIBUTE, user_id)
-        if type(bucketing_id) is not str:
-            return None  # warned about and reasoned on, the general way
-        plan = compiled.flag(flag)
-        for rule in plan.experiments:
-            if not rule.running:
-                continue
-            if rule.whitelist:
-                variation = rule.whitelist.get(user_id)
-                if variation is not None:
-                    return self._result(rule.entity, variation, RuleType.FEATURE_TEST, None, False)
-            audience = rule.audience
-            if audience is not None and not audience(attributes, segments):
-                continue
-            variation = self._bucket(rule, bucketing_id, user_id, None)
-            if variation is not None and not rule.dict_variations:
-                decision = self._decisions.get((id(rule.entity), id(variation), _FEATURE_TEST))
-                if decision is not None:  # _result's cache, looked up inline
-                    return decision
-                return self._result(rule.entity, variation, _FEATURE_TEST, None, False)
-        rules = plan.rollout_rules
-        last = len(rules) - 1
-        index = 0
-        while index <= last:
-            entity, rule, _ = rules[index]
-            audience = rule.audience
-            if audience is None or audience(attributes, segments):
-                variation = self._bucket(rule, bucketing_id, user_id, None)
-                if variation is not None:
-                    return self._result(entity, variation, RuleType.ROLLOUT, None, False)
-                index = last if index != last else index + 1
-            else:
-                index += 1
-        return self._result(None, None, RuleType.ROLLOUT, None, False)
+        return decide_lean(plan, self._forced.by_user, user_id, attributes, segments)
 
     def _local_holdout(
         self,

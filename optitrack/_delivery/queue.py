@@ -197,6 +197,22 @@ class BatchQueue:
             self._oldest_at = self.clock()
         return None
 
+    @property
+    def blocks(self) -> bool:
+        """Whether a full queue makes :meth:`put` wait for room (``overflow="block"``)."""
+        return self._block
+
+    def offered(self) -> bool:
+        """Count a call that offered an item without :meth:`put`; whether it should now
+        let the worker have a turn (``await anyio.lowlevel.checkpoint()``), as :meth:`put`
+        does once per ``batch_size`` calls and at every call while the queue is short of
+        room."""
+        self._offers += 1
+        if self._offers >= self._batch_size or self._pressure:
+            self._offers = 0
+            return True
+        return False
+
     async def put(self, ctx: BatchContext, data: bytes) -> Reason | None:
         """Enqueue a serialized item; with the BLOCK policy, wait for room.
 

@@ -92,6 +92,8 @@ class Decider(ClassicDecisions, CommonDecisions):
         # read-only, so decisions can share them. Emptied with each new datafile.
         self._variables: dict[tuple[int, int], Variables] = {}
         self._forget_plans()
+        #: Whether a caller of :meth:`decide_common` should let the worker have a turn.
+        self.turn_due = intake.queue.offered
 
     @property
     def config(self) -> ProjectConfig:
@@ -136,7 +138,7 @@ class Decider(ClassicDecisions, CommonDecisions):
         """Decide one flag for a user (:meth:`UserContext.decide`)."""
         intake = self._intake
         if not options:
-            decision = self._decide_common(user, key)
+            decision = self.decide_common(user, key)
             if decision is not None:
                 if intake.queue.offered():  # let the worker have its turn now and then
                     await checkpoint()

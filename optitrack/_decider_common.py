@@ -103,11 +103,12 @@ class CommonDecisions:
         self._plans_factory = None
         self._choices = None
 
-    def _decide_common(self, user: UserContext, key: str) -> Decision | None:
+    def decide_common(self, user: UserContext, key: str) -> Decision | None:
         """Decide the common call, queueing its impression; ``None`` when it is not one.
 
         Nothing is done before the answer is known to be the common one, so the caller
-        can take the general way from the start.
+        can take the general way from the start. The caller lets the worker have a turn
+        when :meth:`turn_due` says so.
         """
         intake = self._intake
         if intake.factory is not self._plans_factory or self.options.defaults is not self._choices:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn, Protocol
 
+from anyio.lowlevel import checkpoint
+
 from ._results import TrackResult
 
 __all__ = [
@@ -133,6 +135,15 @@ class RendersAttributes(Protocol):
 
 class Decides(Protocol):
     """What a user context needs of the decider: deciding flags for it."""
+
+    def decide_common(self, user: "UserContext", key: str) -> "Decision | None":
+        """Decide the common call without waiting (its impression queued), or ``None``
+        for :meth:`decide` to take it."""
+        ...
+
+    def turn_due(self) -> bool:
+        """Whether a caller should now let the client's worker have a turn."""
+        ...
 
     async def decide(
         self, user: "UserContext", key: str, options: Iterable[DecideOption | str] | None
@@ -265,7 +276,14 @@ class UserContext:
             DecisionError: An unknown flag and the client is strict.
             ClientStateError: The client was never entered.
         """
-        return await self._decider.decide(self, key, options)
+        decider = self._decider
+        if options is None:
+            decision = decider.decide_common(self, key)
+            if decision is not None:
+                if decider.turn_due():  # now and then, a tight loop lets delivery run
+                    await checkpoint()
+                return decision
+        return await decider.decide(self, key, options)
 
     async def decide_for_keys(
         self, keys: Sequence[str], options: Iterable[DecideOption | str] | None = None

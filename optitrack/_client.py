@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import anyio
 import httpx
+from anyio.lowlevel import checkpoint
 
 from ._classic import ClassicCalls
 from ._datafile_manager import (
@@ -452,11 +453,18 @@ class Client(ClassicCalls):
             if type(conversion) is not bytes:
                 return conversion  # type: ignore[return-value]
             data = conversion
-        # put waits for room with overflow="block", and lets the worker (and the network)
-        # have a turn now and then, so that a tight loop of track calls cannot starve it.
-        reason = await intake.queue.put(intake.context, data)
-        if reason is None and not intake.track_listeners:
-            return ACCEPTED
+        # queue.put without its coroutine: a refusal waits for room with
+        # overflow="block", and the worker (and the network) has a turn now and then, so
+        # that a tight loop of track calls cannot starve it.
+        queue = intake.queue
+        reason = queue.put_nowait(intake.context, data)
+        if reason is None:
+            if queue.offered():
+                await checkpoint()
+            if not intake.track_listeners:
+                return ACCEPTED
+        else:
+            reason = await queue.refused(intake.context, data, reason)
         return intake.submitted(reason, event_key, user_id, attributes, event_tags)
 
     def track_nowait(

@@ -7,15 +7,13 @@ mixes contexts and the queue keeps its order. A batch is due when the head holds
 ``flush_interval`` has passed since the batch began to form, at once on flush and close,
 and while the queue is short of room.
 
-Bookkeeping is by sequence number: the n-th accepted item has ``seq == n - 1``, the queue
-holds ``seq`` in ``[removed, accepted)``, and every batch holds a contiguous run. So
-``flush()`` waits for a watermark, not for per-item records. At every moment
-``accepted == delivered + sum(dropped) + queued + in_flight``.
+Items are numbered as they are accepted: the n-th accepted item has ``seq == n - 1``, the
+queue holds ``seq`` in ``[removed, accepted)``, and every batch holds a contiguous run,
+which the ledger (:mod:`.ledger`, the queue's base) accounts for.
 
 Owns: the segments, the bounds and the overflow policies (``drop_newest``,
-``drop_oldest``, ``block``), the yield policy of :meth:`BatchQueue.put`, the ledger of
-accepted, delivered, dropped and pending items (the parts in flight included), the
-flush waiters, and taking a batch. It must not touch HTTP, retries, the in-flight limit
+``drop_oldest``, ``block``), the yield policy of :meth:`BatchQueue.put`, taking a batch,
+and giving up on what is left. It must not touch HTTP, retries, the in-flight limit
 or tasks (the processor runs the worker, the sender sends), and it counts nothing about
 refusals: it returns a :class:`~optitrack._results.Reason`, the caller counts and logs.
 """
@@ -30,8 +28,9 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from .._logging import Throttled
-from .._results import FlushResult, Reason
+from .._results import Reason
 from .batch import BatchContext, Part
+from .ledger import Ledger
 from .options import BatchOptions, Overflow
 
 __all__ = ["BatchQueue"]
@@ -64,17 +63,7 @@ class _Blocked:
         self.served = False
 
 
-class _FlushWaiter:
-    __slots__ = ("delivered", "dropped", "event", "target")
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.event = anyio.Event()
-        self.delivered = 0
-        self.dropped = 0
-
-
-class BatchQueue:
+class BatchQueue(Ledger):
     """A bounded FIFO of serialized items, taken in batches, with the ledger.
 
     The caller enqueues with :meth:`put` (or :meth:`put_nowait` from sync code); the
@@ -124,14 +113,11 @@ class BatchQueue:
         self._parts: set[Part] = set()  # taken and not accounted for
 
         self.accepted = 0
-        self.delivered = 0
-        self.dropped: dict[str, int] = {}
+        self._open_ledger()
         self.batches = 0
 
         self._wakeup: anyio.Event | None = None
         self._room: anyio.Event | None = None
-        self._waiters: list[_FlushWaiter] = []
-        self._flush_through = -1  # a batch is due for every item with seq <= this
         # Taken by the processor from the running loop, so that intake works from any
         # code on the loop's thread (a callback too), where sniffio cannot tell.
         self.clock: Callable[[], float] = anyio.current_time
@@ -233,13 +219,28 @@ class BatchQueue:
             about refusals).
         """
         reason = self.put_nowait(ctx, data)
-        if reason is not None and reason is _QUEUE_FULL and self._block:
-            reason = await self._wait_for_room(ctx, data)
-        self._offers += 1
-        if self._offers >= self._batch_size or self._pressure:
-            self._offers = 0
+        if reason is not None:
+            return await self.refused(ctx, data, reason)
+        if self.offered():
             await checkpoint()
-        return reason
+        return None
+
+    async def refused(self, ctx: BatchContext, data: bytes, reason: Reason) -> Reason | None:
+        """The rest of :meth:`put` after :meth:`put_nowait` refused an item.
+
+        For a hot path that calls :meth:`put_nowait` itself: when it accepts, the caller
+        calls :meth:`offered` (and yields when it says so); when it refuses, this waits
+        for room with BLOCK and counts the offer.
+
+        Returns:
+            ``None`` when the item was accepted after all, else why not.
+        """
+        outcome: Reason | None = reason
+        if reason is _QUEUE_FULL and self._block:
+            outcome = await self._wait_for_room(ctx, data)
+        if self.offered():
+            await checkpoint()
+        return outcome
 
     async def put_waiting(self, ctx: BatchContext, data: bytes) -> Reason | None:
         """Enqueue an item someone already accepted, waiting for room as long as it takes.
@@ -392,8 +393,12 @@ class BatchQueue:
         # The items of a body are joined by commas: count one per item, and one more
         # in the budget for the last item, which has none.
         budget = self._max_batch_bytes - ctx.overhead + 1
-        pop = items.popleft
-        taken = [pop() for _ in range(min(len(items), self._batch_size))]
+        if len(items) <= self._batch_size:
+            taken = list(items)  # the whole segment, the common case: copied in C
+            items.clear()
+        else:
+            pop = items.popleft
+            taken = [pop() for _ in range(self._batch_size)]
         nbytes = sum(map(len, taken)) + len(taken)
         if nbytes > budget:  # rare: the byte cap binds before batch_size
             keep, nbytes = 1, len(taken[0]) + 1
@@ -423,55 +428,7 @@ class BatchQueue:
             self._room = None
         return part
 
-    # -- the ledger ------------------------------------------------------------------
-
-    def finish(self, part: Part, dropped: str | None) -> None:
-        """Account for a part: delivered (``dropped`` is ``None``) or dropped, and why.
-
-        A part already accounted for is left alone.
-        """
-        if part.done:
-            return
-        part.done = True
-        self._parts.discard(part)
-        self.in_flight -= len(part.items)
-        self._account(part.first_seq, len(part.items), dropped)
-        part.body = None
-
-    def split(self, part: Part, halves: tuple[Part, Part]) -> None:
-        """Put the halves of a part in flight instead of the part."""
-        part.done = True
-        self._parts.discard(part)
-        self._parts.update(halves)
-
-    def _account(self, first_seq: int, count: int, dropped: str | None) -> None:
-        if not count:
-            return
-        if dropped is None:
-            self.delivered += count
-        else:
-            self.dropped[dropped] = self.dropped.get(dropped, 0) + count
-        for waiter in self._waiters:
-            mine = min(max(waiter.target - first_seq + 1, 0), count)
-            if mine:
-                if dropped is None:
-                    waiter.delivered += mine
-                else:
-                    waiter.dropped += mine
-            if not waiter.event.is_set() and self._done_through(waiter.target):
-                waiter.event.set()
-
-    def _done_through(self, target: int) -> bool:
-        if self.queued and self._removed <= target:
-            return False
-        return all(part.first_seq > target for part in self._parts if not part.done)
-
-    def _pending_through(self, target: int) -> int:
-        queued = min(max(target - self._removed + 1, 0), self.queued)
-        in_flight = sum(
-            min(max(target - p.first_seq + 1, 0), len(p.items)) for p in self._parts if not p.done
-        )
-        return queued + in_flight
+    # -- giving up -------------------------------------------------------------------
 
     def give_up(self, reason: Reason) -> int:
         """Stop intake, and count everything queued or in flight as dropped for ``reason``.
@@ -507,40 +464,3 @@ class BatchQueue:
         self._blocked.clear()
         self._wakeup = self._room = None
         return self.give_up(reason)
-
-    async def flush(self, timeout: float | None = None) -> FlushResult:
-        """Make every item accepted so far due now, and wait until it is accounted for.
-
-        Args:
-            timeout: The longest wait in seconds; ``None`` waits as long as it takes.
-
-        Returns:
-            The outcome for the items accepted before the call.
-        """
-        target = self.accepted - 1
-        waiter = _FlushWaiter(target)
-        if not self._done_through(target):
-            self._flush_through = max(self._flush_through, target)
-            self._wake()
-            await self._wait(waiter, math.inf if timeout is None else timeout)
-        pending = self._pending_through(target)
-        return FlushResult(
-            complete=pending == 0,
-            delivered=waiter.delivered,
-            dropped=waiter.dropped,
-            pending=pending,
-        )
-
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds until every item accepted so far is accounted for."""
-        waiter = _FlushWaiter(self.accepted - 1)
-        if not self._done_through(waiter.target):
-            await self._wait(waiter, timeout)
-
-    async def _wait(self, waiter: _FlushWaiter, timeout: float) -> None:
-        self._waiters.append(waiter)
-        try:
-            with anyio.move_on_after(timeout):
-                await waiter.event.wait()
-        finally:
-            self._waiters.remove(waiter)

@@ -24,10 +24,10 @@ from typing import Any
 
 from ._decisions import Experiment, Holdout, ProjectConfig, Variation
 from ._delivery import BatchContext
+from ._events_fast import FastConversions, kept
 from ._logging import Throttled
 from ._uuid import new_uuid
 from ._values import (
-    MAX_SAFE_NUMBER,
     MAX_TAG_DEPTH,
     NOT_UNICODE,
     InvalidInputError,
@@ -105,15 +105,7 @@ def batch_context(
     return BatchContext(endpoint, prefix, _BODY_SUFFIX)
 
 
-def _kept(cache: dict[Any, str], key: Any, text: str) -> str:
-    """Keep ``text`` in a cache of rendered JSON, bounded (its keys come from users)."""
-    if len(cache) >= 4096:
-        cache.clear()
-    cache[key] = text
-    return text
-
-
-class EventFactory:
+class EventFactory(FastConversions):
     """Turns track and decision calls into serialized ``visitors[]`` entries.
 
     One factory serves one :class:`ProjectConfig` and endpoint; it caches the JSON
@@ -160,11 +152,7 @@ class EventFactory:
             )
         self._no_attributes = "[" + self._bot_filtering + "]"
         self._bot_suffix = "," + self._bot_filtering if self._bot_filtering else ""
-        # (attribute key, string value) -> ',{...}': the fast path's rendered attributes.
-        self._string_parts: dict[tuple[str, str], str] = {}
-        # (tag key, string value) -> ',"key":"value"', and tag key -> ',"key":'.
-        self._tag_parts: dict[tuple[str, str], str] = {}
-        self._tag_keys: dict[str, str] = {}
+        self._fast_caches()
 
     def _impression_fragment(
         self,
@@ -271,127 +259,8 @@ class EventFactory:
             parts.append(self._bot_filtering)
         text = "[" + ",".join(parts) + "]"
         if cacheable:
-            _kept(self._attributes_cache, key, text)
+            kept(self._attributes_cache, key, text)
         return text
-
-    def fast_conversion(
-        self,
-        event_key: Any,
-        user_id: Any,
-        attributes: Any,
-        tags: Any,
-        attributes_json: str | None = None,
-        timestamp: int | None = None,
-    ) -> bytes | None:
-        """:meth:`conversion` for the common call, or ``None`` when the call is not one.
-
-        The common call: a known event key, an ASCII user id, plain dicts of known
-        attributes with plain values, and flat tags of ASCII strings, integers, booleans
-        and finite floats. Anything else returns ``None``, for
-        :meth:`conversion` to take it the general way (and refuse it when it must): so
-        the bytes are the same whichever way an event goes, and this path needs no error
-        handling. Flattened on purpose: it runs for nearly every ``track``.
-        """
-        if type(event_key) is not str or type(user_id) is not str or not user_id.isascii():
-            return None
-        head = self._event_heads.get(event_key)
-        if head is None:
-            return None
-        # The attributes, rendered inline: for the few that a call carries, cheaper than
-        # the cache's key (it pays off for the long sets of a user context).
-        if attributes_json is not None:
-            pass  # a user context's, rendered once
-        elif attributes is None or (type(attributes) is dict and not attributes):
-            attributes_json = self._no_attributes
-        elif type(attributes) is dict and len(attributes) <= 4:
-            # Each (key, string value) pair's JSON is kept: plans, countries, versions
-            # recur. Only exact strings are kept, and a str never equals another type.
-            parts = self._string_parts
-            text = ""
-            for item in attributes.items():
-                name, value = item
-                kind = type(value)
-                if kind is str:
-                    part = parts.get(item)
-                    if part is None:
-                        attribute_head = self._attribute_heads.get(name)
-                        if attribute_head is None or not value.isascii():
-                            return None  # unknown (logged), not seen yet, or non-ASCII
-                        part = _kept(parts, item, "," + attribute_head + _json_str(value) + "}")
-                    text += part
-                    continue
-                attribute_head = self._attribute_heads.get(name)
-                if attribute_head is None:
-                    return None
-                if kind is bool:
-                    text += "," + attribute_head + ("true}" if value else "false}")
-                elif kind is int and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER:
-                    text += "," + attribute_head + int.__repr__(value) + "}"
-                else:
-                    return None
-            attributes_json = "[" + text[1:] + self._bot_suffix + "]"
-        else:
-            return None
-        if tags is None:
-            extra = ""
-        elif type(tags) is dict:
-            # Flat tags, written as the general way's encoder writes them: each (key,
-            # string value) pair's JSON is kept, like the attributes' parts; numbers are
-            # written by their own repr, as that encoder does.
-            parts = self._tag_parts
-            text = ""
-            try:
-                for item in tags.items():
-                    name, value = item
-                    kind = type(value)
-                    if kind is str:
-                        part = parts.get(item)
-                        if part is None:
-                            if type(name) is not str or not (name.isascii() and value.isascii()):
-                                return None  # not a str key; non-ASCII is checked the general way
-                            part = _kept(
-                                parts, item, "," + _json_str(name) + ":" + _json_str(value)
-                            )
-                        text += part
-                        continue
-                    key = self._tag_keys.get(name)
-                    if key is None:
-                        if type(name) is not str or not name.isascii():
-                            return None
-                        key = _kept(self._tag_keys, name, "," + _json_str(name) + ":")
-                    if kind is int:
-                        text += key + int.__repr__(value)  # ValueError past 4300 digits
-                    elif kind is bool:
-                        text += key + ("true" if value else "false")
-                    elif kind is float and value - value == 0.0:  # finite: not NaN, not inf
-                        text += key + float.__repr__(value)
-                    else:
-                        return None  # None (cleaned for some keys), containers, others
-            except ValueError:
-                return None  # an integer too long to write: refused the general way
-            encoded = "{" + text[1:] + "}"
-            extra = ""
-            if "revenue" in tags:
-                revenue = tags["revenue"]
-                if type(revenue) is int:
-                    extra = f',"revenue":{revenue}'
-            if "value" in tags:
-                value = tags["value"]
-                kind = type(value)
-                if kind is float or (kind is int and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER):
-                    extra += ',"value":' + float.__repr__(float(value))
-                elif kind is not bool:
-                    return None  # a numeric string, a huge integer: value_of knows them
-            extra = f'{extra},"tags":{encoded}'
-        else:
-            return None
-        if timestamp is None:
-            timestamp = time.time_ns() // 1_000_000
-        text = (
-            f'{{"visitor_id":{_json_str(user_id)},"attributes":{attributes_json},"snapshots":'
-            f'[{{"events":[{{{head},"timestamp":{timestamp},"uuid":"{new_uuid()}"{extra}}}]}}]}}'
-        )
-        return text.encode("ascii")
 
     def conversion(
         self,

@@ -12,6 +12,7 @@ The rooms, in the order data flows through them::
     forced.py       forced variations set at run time
     variables.py    feature variables, typed
     experiments.py  deciding an experiment (Activate, get_variation) and a holdout
+    lean.py         a flag compiled for the common decision, and walking it
     engine.py       DecisionEngine: deciding a flag, and what an impression names
 
 Nothing here sends, awaits or notifies: the decider (``optitrack._decider``) does that

@@ -226,25 +226,30 @@ def _inner_pieces(
     client: optitrack.Client, users: list[Any], calls: int
 ) -> list[tuple[str, float]]:
     """Parts of one decide, each alone over ``users`` (private parts: what they cost)."""
+    from optitrack._decisions.lean import decide_lean
+
     decider = client._decider
-    engine = decider.engine
     factory = client._intake.factory
-    flag = decider.config.flags_by_key[FLAG]
-    decision = engine.decide_flag_lean(flag, users[0].user_id, users[0]._attributes, None)
-    assert decision is not None, "the benchmark's flag takes the lean path"
-    rule, variation = decision.experiment, decision.variation
-    rule_type = decision.rule_type or "rollout"
+    plan = decider._common_plans.get(FLAG)
+    assert plan is not None, "the benchmark's flag takes the common path"
+    forced = decider.engine.forced_users
+    outcome = decide_lean(plan, forced, users[0].user_id, users[0]._attributes, None)
+    assert outcome is not None
+    assert outcome.fragment is not None
+    fragment = outcome.fragment
     wire = users[0].wire_attributes(factory)
+    queue, context = client._intake.queue, client._intake.context
+    data = factory.visitor_impression(users[0].user_id, wire, fragment)
     clock = time.perf_counter_ns
     out = []
     gc.collect()
     t0 = clock()
     for user in users:
-        engine.decide_flag_lean(flag, user.user_id, user._attributes, user._segments)
-    out.append(("  the engine alone (its lean path)", (clock() - t0) / calls))
+        decide_lean(plan, forced, user.user_id, user._attributes, user._segments)
+    out.append(("  walking the flag's plan (its rules, MurmurHash3)", (clock() - t0) / calls))
     t0 = clock()
     for user in users:
-        factory.impression(user.user_id, wire, FLAG, rule, variation, rule_type, True)
+        factory.visitor_impression(user.user_id, wire, fragment)
     out.append(("  serializing the impression alone", (clock() - t0) / calls))
     t0 = clock()
     for user in users:
@@ -254,6 +259,10 @@ def _inner_pieces(
     for user in users:
         optitrack.Decision("on", True, {}, "rule", FLAG, user, ())
     out.append(("  building a Decision alone", (clock() - t0) / calls))
+    t0 = clock()
+    for _ in users:
+        queue.put_nowait(context, data)
+    out.append(("  queueing the impression alone (put_nowait)", (clock() - t0) / calls))
     return out
 
 

@@ -1,0 +1,150 @@
+"""Count the CPU instructions of the hot paths, for this checkout and another.
+
+Timings on a shared virtual machine drift by tens of percent from one minute to the next;
+instruction counts do not. This script runs each workload under valgrind's callgrind
+(which counts every instruction the process executes, the same count for the same code
+and input), once with no calls and once with ``--calls`` calls, and prints the difference
+per call. Everything else (the interpreter's start, the imports, the client's setup, the
+user contexts made beforehand) is the same in both runs and cancels out.
+
+The workloads, in a running client whose queue holds everything (nothing is sent, so
+only the caller's path is counted):
+
+* ``track``: ``await client.track("purchase", user_id, {"plan": PLAN}, {"revenue": i})``
+  with fresh dicts per call, as ``track.py --rounds``;
+* ``decide``: ``await user.decide("new_checkout")`` with its impression, a fresh user
+  context per call (``{"plan": "pro", "age": 34}``), as ``decide.py``;
+* ``decide, no impression``: the same with ``DISABLE_DECISION_EVENT``.
+
+Instructions are not time (a cache miss costs more than an add), but for the same
+workload on the same interpreter, fewer instructions is faster: it tells whether a change
+on a hot path helped, where a timing would need many interleaved rounds. Timings stay
+in ``track.py``, ``decide.py`` and ``compare.py``.
+
+Run it from the repository root (valgrind is Debian's ``valgrind`` package; without it
+the script says so and stops)::
+
+    python benchmarks/instructions.py                      # this tree
+    git worktree add /tmp/optitrack-before HEAD~1
+    python benchmarks/instructions.py /tmp/optitrack-before  # and that one, side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+WORKLOADS = ("track", "decide", "decide, no impression")
+
+# Run inside the measured checkout: its optitrack, and its benchmarks' datafile.
+_CHILD = r"""
+import sys
+root, workload, calls, made = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sys.path[:0] = [root, root + "/benchmarks"]
+import gc, anyio, optitrack
+from _bench import datafile_text
+
+FLAG, ATTRIBUTES, PLANS = "new_checkout", {"plan": "pro", "age": 34}, ("pro", "free", "team")
+QUIET = [optitrack.DecideOption.DISABLE_DECISION_EVENT]
+
+async def main():
+    async with optitrack.Client(
+        datafile_text(), event_endpoint="http://127.0.0.1:9/v1/events",
+        max_queue_size=10_000_000, max_queue_bytes=3_000_000_000, batch_size=10_000_000,
+        max_batch_bytes=3_500_000, flush_interval=3600.0, close_timeout=0.0,
+    ) as client:
+        for n in range(500):  # warm up: every cache filled, every plan made
+            await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG)
+            await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG, QUIET)
+            await client.track("purchase", f"user-{n}", {"plan": PLANS[n % 3]}, {"revenue": n})
+        users = [client.create_user_context(f"user-{n}", ATTRIBUTES) for n in range(made)]
+        ids = [f"user-{n}" for n in range(made)]
+        gc.collect()
+        gc.disable()
+        if workload == "track":
+            track = client.track
+            for n in range(calls):
+                await track("purchase", ids[n], {"plan": PLANS[n % 3]}, {"revenue": n})
+        elif workload == "decide":
+            for user in users[:calls]:
+                await user.decide(FLAG)
+        else:
+            for user in users[:calls]:
+                await user.decide(FLAG, QUIET)
+        gc.enable()
+        await client.aclose(timeout=0)
+
+anyio.run(main)
+"""
+
+
+def count(root: Path, workload: str, calls: int, made: int) -> int:
+    """The instructions of one run of the child under callgrind."""
+    result = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(root),
+            workload,
+            str(calls),
+            str(made),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if result.returncode != 0 or found is None:
+        raise SystemExit(f"the run failed ({root}, {workload}):\n{result.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_call(root: Path, workload: str, calls: int) -> float:
+    """Instructions per call: a run with ``calls`` calls less one with none."""
+    with ThreadPoolExecutor(2) as pool:
+        none, some = pool.map(lambda n: count(root, workload, n, calls), (0, calls))
+    return (some - none) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("other", nargs="?", type=Path, help="another checkout of optitrack")
+    parser.add_argument("--calls", type=int, default=5000, help="calls per counted run")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    roots = {"this": HERE} | ({"other": args.other.resolve()} if args.other else {})
+    head = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    print("# instructions per call, counted by callgrind")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"python: {sys.version.split()[0]}; this tree: {HERE} at {head}")
+    if args.other:
+        print(f"other: {roots['other']}")
+    print(f"{args.calls:,} calls per counted run, less a run with none\n")
+    for workload in WORKLOADS:
+        figures = {name: per_call(root, workload, args.calls) for name, root in roots.items()}
+        line = f"{workload:<24} this {figures['this']:>9,.0f}"
+        if "other" in figures:
+            change = figures["this"] / figures["other"] - 1
+            line += f"   other {figures['other']:>9,.0f}   change {change:+.1%}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

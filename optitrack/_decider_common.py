@@ -145,11 +145,12 @@ class CommonDecisions:
         if fragment is not None:
             factory = intake.factory
             try:
-                cached = user._wire_attributes
+                cached = user._wire_attributes  # UserContext.wire_attributes, inline
                 if cached is not None and cached[0] is factory:
                     attributes_json = cached[1]
                 else:
-                    attributes_json = user.wire_attributes(factory)
+                    attributes_json = factory.attributes_json(user._attributes)
+                    user._wire_attributes = (factory, attributes_json)
                 data = factory.visitor_impression(user_id, attributes_json, fragment)
             except InvalidInputError as exc:
                 intake.impression_refused(exc)

@@ -155,10 +155,9 @@ class BatchQueue(Ledger):
                 return Reason.QUEUE_FULL
             self._evict_for(size)
         segments = self._segments
-        if segments and (segments[-1].ctx is ctx or segments[-1].ctx == ctx):
-            segment = segments[-1]
-        else:
-            if segments and not segments[-1].items:
+        segment = segments[-1] if segments else None
+        if segment is None or not (segment.ctx is ctx or segment.ctx == ctx):
+            if segment is not None and not segment.items:
                 segments.pop()  # the empty one kept for reuse: never leave it at the head
             segment = _Segment(ctx)
             segments.append(segment)
@@ -166,11 +165,11 @@ class BatchQueue(Ledger):
         items.append(data)
         segment.nbytes += size
         self.accepted += 1
-        self.queued += 1
+        queued = self.queued = self.queued + 1
         self.queued_bytes += size
         wakeup = self._wakeup
         if wakeup is not None:
-            if self.queued == 1:
+            if queued == 1:
                 self._oldest_at = self.clock()
                 self._wakeup = None
                 wakeup.set()
@@ -179,7 +178,7 @@ class BatchQueue(Ledger):
             ):
                 self._wakeup = None
                 wakeup.set()
-        elif self.queued == 1:
+        elif queued == 1:
             self._oldest_at = self.clock()
         return None
 

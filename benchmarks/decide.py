@@ -37,6 +37,8 @@ Run it from the repository root::
     python benchmarks/decide.py           # the full run, well under a minute
     python benchmarks/decide.py --quick   # a smoke run with small counts
     python benchmarks/decide.py --profile # instead: optitrack's decide piece by piece
+    python benchmarks/decide.py --rounds 5  # instead: 5 interleaved rounds against
+                                            # optimizely-sdk, ratios round by round
 """
 
 from __future__ import annotations
@@ -344,6 +346,43 @@ def _wait_dispatched(client: Any, dispatcher: _Discard, count: int) -> bool:
     return True
 
 
+def interleaved_rounds(collector: Collector, calls: int, count: int) -> None:
+    """optitrack's decide (asyncio, defaults) and optimizely-sdk's (CPU only) in turns.
+
+    Each round runs one loop of each, one after the other, so that both meet the same
+    state of the machine; the ratios are taken round by round.
+    """
+    ratios, cpu_ratios = [], []
+    mine_all, theirs_all = [], []
+    for number in range(1, count + 1):
+        runs, _ = anyio.run(optitrack_runs, collector, calls, 1, False)
+        mine = runs[0]
+        peer, _ = optimizely_runs(calls, 1, False, _Discard())
+        theirs = peer[0]
+        mine_all.append(mine)
+        theirs_all.append(theirs)
+        ratios.append(mine.per_second / theirs.per_second)
+        line = (
+            f"  round {number}: optitrack {mine.per_second:>9,.0f} decisions/s "
+            f"({mine.cpu_us or 0:.2f} us CPU each), optimizely-sdk {theirs.per_second:>7,.0f} "
+            f"({theirs.cpu_us or 0:.1f} us CPU each): {ratios[-1]:.1f}x"
+        )
+        if mine.cpu_us and theirs.cpu_us:
+            cpu_ratios.append(theirs.cpu_us / mine.cpu_us)
+            line += f", {cpu_ratios[-1]:.1f}x by CPU per decision"
+        print(line, flush=True)
+    print()
+    print(
+        f"  median decisions/s: optitrack {median([r.per_second for r in mine_all]):,.0f}, "
+        f"optimizely-sdk CPU only {median([r.per_second for r in theirs_all]):,.0f}"
+    )
+    print(f"  ratio, decisions/s: {median(ratios):.1f}x {spread(ratios, '{:.1f}')}")
+    if cpu_ratios:
+        print(
+            f"  ratio, CPU per decision: {median(cpu_ratios):.1f}x {spread(cpu_ratios, '{:.1f}')}"
+        )
+
+
 def best_of(runs: list[Run]) -> Run:
     """The run with the median throughput (a quieter run than the worst, not the best)."""
     return sorted(runs, key=lambda r: r.per_second)[len(runs) // 2]
@@ -386,9 +425,28 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="only optitrack's decide, piece by piece, and a cProfile",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="only N interleaved rounds of optitrack and optimizely-sdk (CPU only), ratios "
+        "round by round",
+    )
     args = parser.parse_args(argv[1:])
     calls, repeats = (5_000, 3) if args.quick else (50_000, 5)
     logging.getLogger("optitrack").setLevel(logging.ERROR)
+    if args.rounds:
+        print_machine("decide: optitrack and optimizely-sdk, interleaved rounds", argv)
+        if not optimizely_installed():
+            raise SystemExit("optimizely-sdk is not installed (pip install optimizely-sdk)")
+        print(
+            f"{calls:,} decisions per run, each with its impression; optitrack on asyncio "
+            "with its defaults, optimizely-sdk CPU only (see below)\n"
+        )
+        with Collector(count_only=True) as collector:
+            interleaved_rounds(collector, calls, args.rounds)
+        print_load()
+        return
     if args.profile:
         # The breakdown drops what it queued on purpose: no need to hear about it.
         logging.getLogger("optitrack").setLevel(logging.CRITICAL)

@@ -142,7 +142,7 @@ class EventFactory(FastConversions):
             tuple[str, int, int, str, bool],
             tuple[Experiment | Holdout | None, Variation | None, str],
         ] = {}
-        self._attributes_cache: dict[tuple[tuple[Any, ...], tuple[type, ...]], str] = {}
+        self._attributes_cache: dict[tuple[Any, ...], str] = {}
         if config.bot_filtering is None:
             self._bot_filtering = ""
         else:
@@ -223,20 +223,19 @@ class EventFactory(FastConversions):
         if not attributes:
             return self._no_attributes
         # Attribute sets recur (a plan, a country, an app version): render each once.
-        # The key carries the values' types, so that 1, 1.0 and True never share an
-        # entry; sets with a float are not cached (0.0 and -0.0 are equal keys), nor
-        # with a subclass (a float's, or a type whose equality is its own).
-        types = tuple(map(type, attributes.values()))
-        cacheable = _CACHEABLE_TYPES.issuperset(types)
-        if cacheable:
-            try:
-                key = (tuple(attributes.items()), types)
-                cached = self._attributes_cache.get(key)
-            except TypeError:  # an unhashable value (a list): it is dropped anyway
-                cacheable = False
-            else:
-                if cached is not None:
-                    return cached
+        # The key is the pairs, then the values' exact types, so that 1, 1.0 and True
+        # never share an entry. Only sets of str, int and bool values are kept (0.0 and
+        # -0.0 are equal keys; a subclass may have an equality of its own): a key with
+        # the same types as a kept one is such a set too, so a look-up checks nothing.
+        try:
+            key = (*attributes.items(), *map(type, attributes.values()))
+            cached = self._attributes_cache.get(key)
+        except TypeError:  # an unhashable value (a list): it is dropped anyway
+            cacheable = False
+        else:
+            if cached is not None:
+                return cached
+            cacheable = _CACHEABLE_TYPES.issuperset(key[len(attributes) :])
         parts: list[str] = []
         heads = self._attribute_heads
         for name, value in attributes.items():

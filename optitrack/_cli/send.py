@@ -203,7 +203,7 @@ async def send(
     sent_lines = 0
     track_now = client._intake.track_at_nowait
     put_waiting = client._intake.put_waiting
-    every = client._options.batch_size
+    offered = client._intake.queue.offered
     async with client:
         with Progress(f"sending {name}", total, enabled=progress) as bar:
             parse = jsonl_parser() if fmt == "jsonl" else None
@@ -216,7 +216,6 @@ async def send(
                         return 2
                     bar.advance(len(chunk[0]))
                     lines, chunk = 1, chunk[1:]
-                pending = 0
                 for line in chunk:
                     lines += 1
                     record = parse(line)
@@ -237,10 +236,7 @@ async def send(
                         reason = str(result.reason)
                         skipped[reason] += 1
                         print(f"{name}:{lines}: {reason}: {result.message}", file=err)
-                    pending += 1
-                    if pending >= every:
-                        # Let delivery run while the queue still has room.
-                        pending = 0
+                    if offered():  # let delivery run, as track() does
                         await anyio.lowlevel.checkpoint()
                 bar.advance(sum(map(len, chunk)))
     stats = client.statistics()

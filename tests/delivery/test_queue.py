@@ -16,6 +16,7 @@ import pytest
 import optitrack
 from optitrack import Reason
 from optitrack._delivery import BatchOptions, BatchProcessor, BatchQueue, Overflow
+from optitrack._delivery.queue import YIELD_IN_FLIGHT
 from optitrack._notifications import NotificationCenter
 from optitrack._results import ACCEPTED
 from optitrack.testing import EventsAPI, Respond
@@ -320,6 +321,21 @@ async def test_put_yields_once_per_batch_size_calls_and_while_short_of_room() ->
     assert queue.take() is not None
     assert [await _yields(queue, b"x" * 10) for _ in range(3)] == [False, False, True]
     assert queue.accepted == 9
+
+
+async def test_put_yields_every_few_calls_while_a_batch_is_in_flight() -> None:
+    # A request needs several turns of the loop: while one is in flight, a tight loop
+    # lets it go on every YIELD_IN_FLIGHT calls, not only once per batch.
+    queue = BatchQueue(BatchOptions(batch_size=1000, max_batch_bytes=1_000_000))
+    every = YIELD_IN_FLIGHT
+    assert queue.put_nowait(CTX, b"x") is None
+    part = queue.take()
+    assert part is not None
+    pattern = [False] * (every - 1) + [True]
+    assert [await _yields(queue, b"x") for _ in range(2 * every)] == pattern * 2
+    queue.finish(part, None)  # nothing in flight: once per batch again
+    assert [await _yields(queue, b"x") for _ in range(2 * every)] == [False] * (2 * every)
+    assert queue.offered() is False
 
 
 async def test_a_tight_loop_of_put_lets_the_worker_run() -> None:

@@ -210,19 +210,9 @@ def decide_lean(
             and find_bucket(bucketing_id, group_id, group_allocation) != rule_id
         ):
             continue  # the group put the user in another experiment, or in none
-        key = bucketing_id + rule_id
-        bucket = (
-            int(_hash(key, HASH_SEED, False) / _MAX_HASH_VALUE * MAX_TRAFFIC_VALUE)
-            if key.isascii()
-            else bucket_value(key)
-        )
-        for end_of_range, leaf in ranges:
-            if bucket < end_of_range:
-                if leaf is not None:
-                    if type(leaf) is not _Missing:
-                        return leaf  # type: ignore[no-any-return]
-                    leaf.log()
-                break
+        leaf = _landing(ranges, bucketing_id + rule_id)
+        if leaf is not None:
+            return leaf  # type: ignore[no-any-return]
     rollouts = plan.rollouts
     last = len(rollouts) - 1
     index = 0
@@ -230,21 +220,29 @@ def decide_lean(
         rule_id, audience, ranges = rollouts[index]
         if audience is None or audience(attributes, segments):
             if ranges is not None:
-                key = bucketing_id + rule_id
-                bucket = (
-                    int(_hash(key, HASH_SEED, False) / _MAX_HASH_VALUE * MAX_TRAFFIC_VALUE)
-                    if key.isascii()
-                    else bucket_value(key)
-                )
-                for end_of_range, leaf in ranges:
-                    if bucket < end_of_range:
-                        if leaf is not None:
-                            if type(leaf) is not _Missing:
-                                return leaf  # type: ignore[no-any-return]
-                            leaf.log()
-                        break
+                leaf = _landing(ranges, bucketing_id + rule_id)
+                if leaf is not None:
+                    return leaf  # type: ignore[no-any-return]
             # The audience matched but bucketing missed: straight to "Everyone Else".
             index = last if index != last else index + 1
         else:
             index += 1
     return plan.nothing
+
+
+def _landing(ranges: _Ranges, key: str) -> Any:
+    """The leaf of the range a bucketing key (bucketing id + rule id) lands in, or
+    ``None``: a hole, past the last range, or a variation that is not the rule's
+    (logged, as the general way logs it)."""
+    bucket = (
+        int(_hash(key, HASH_SEED, False) / _MAX_HASH_VALUE * MAX_TRAFFIC_VALUE)
+        if key.isascii()
+        else bucket_value(key)
+    )
+    for end_of_range, leaf in ranges:
+        if bucket < end_of_range:
+            if type(leaf) is _Missing:
+                leaf.log()
+                return None
+            return leaf
+    return None

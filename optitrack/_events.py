@@ -154,48 +154,6 @@ class EventFactory(FastConversions):
         self._bot_suffix = "," + self._bot_filtering if self._bot_filtering else ""
         self._fast_caches()
 
-    def _impression_fragment(
-        self,
-        flag_key: str,
-        rule: Experiment | Holdout | None,
-        variation: Variation | None,
-        rule_type: str,
-        enabled: bool,
-    ) -> str:
-        # Everything of an impression but the visitor, the timestamp and the uuid: the
-        # same for every user who gets this decision, so it is built once.
-        decided = variation
-        if self._impression_variation is not None:
-            variation = self._impression_variation(flag_key, rule, variation, rule_type)
-        experiment_id = rule.id if rule is not None else ""
-        # Only an experiment's layer is its campaign; a holdout's campaign is itself.
-        layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
-        campaign_id = layer_id or experiment_id
-        variation_id = variation.id if variation is not None else ""
-        fragment = (
-            '"snapshots":[{"decisions":[{"campaign_id":%s,"experiment_id":%s,'
-            '"variation_id":%s,"metadata":{"flag_key":%s,"rule_key":%s,"rule_type":%s,'
-            '"variation_key":%s,"enabled":%s}}],"events":[{"entity_id":%s,'
-            '"key":"campaign_activated"'
-            % (
-                _json_str(campaign_id),
-                _json_str(experiment_id),
-                _json_str(variation_id)
-                if variation_id.isascii() and variation_id.isdigit()
-                else "null",
-                _json_str(flag_key),
-                _json_str(rule.key if rule is not None else ""),
-                _json_str(rule_type),
-                _json_str(variation.key if variation is not None else ""),
-                "true" if enabled else "false",
-                _json_str(campaign_id),
-            )
-        )
-        if len(self._impression_fragments) < 10_000:  # bounded: flag keys may be anything
-            key = (flag_key, id(rule), id(decided), rule_type, enabled)
-            self._impression_fragments[key] = (rule, decided, fragment)
-        return fragment
-
     def _attribute_head(self, key: str) -> str | None:
         entity_id = self.config.attribute_entity_id(key)
         head = None
@@ -378,7 +336,37 @@ class EventFactory(FastConversions):
         )
         if cached is not None and cached[0] is rule and cached[1] is variation:
             return cached[2]
-        return self._impression_fragment(flag_key, rule, variation, rule_type, enabled)
+        decided = variation
+        if self._impression_variation is not None:
+            variation = self._impression_variation(flag_key, rule, variation, rule_type)
+        experiment_id = rule.id if rule is not None else ""
+        # Only an experiment's layer is its campaign; a holdout's campaign is itself.
+        layer_id = rule.layer_id if isinstance(rule, Experiment) else ""
+        campaign_id = layer_id or experiment_id
+        variation_id = variation.id if variation is not None else ""
+        fragment = (
+            '"snapshots":[{"decisions":[{"campaign_id":%s,"experiment_id":%s,'
+            '"variation_id":%s,"metadata":{"flag_key":%s,"rule_key":%s,"rule_type":%s,'
+            '"variation_key":%s,"enabled":%s}}],"events":[{"entity_id":%s,'
+            '"key":"campaign_activated"'
+            % (
+                _json_str(campaign_id),
+                _json_str(experiment_id),
+                _json_str(variation_id)
+                if variation_id.isascii() and variation_id.isdigit()
+                else "null",
+                _json_str(flag_key),
+                _json_str(rule.key if rule is not None else ""),
+                _json_str(rule_type),
+                _json_str(variation.key if variation is not None else ""),
+                "true" if enabled else "false",
+                _json_str(campaign_id),
+            )
+        )
+        if len(self._impression_fragments) < 10_000:  # bounded: flag keys may be anything
+            key = (flag_key, id(rule), id(decided), rule_type, enabled)
+            self._impression_fragments[key] = (rule, decided, fragment)
+        return fragment
 
     @staticmethod
     def visitor_impression(user_id: str, attributes_json: str, fragment: str) -> bytes:

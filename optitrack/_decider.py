@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from threading import get_ident
 from typing import Any
 
-from anyio.lowlevel import checkpoint
-
 from ._decider_classic import ClassicDecisions
 from ._decider_common import CommonDecisions
 from ._decisions import (
@@ -34,7 +32,7 @@ from ._decisions import (
 from ._events import InvalidInputError
 from ._exceptions import DecisionError
 from ._inputs import Inputs
-from ._intake import RUNNING, Intake
+from ._intake import Intake
 from ._logging import logger
 from ._notifications import NotificationCenter, NotificationType
 from ._options import Choices, DecideOptions
@@ -118,7 +116,7 @@ class Decider(ClassicDecisions, CommonDecisions):
             self._inputs.invalid(f"Flag key must be a str, not {key!r:.60}.")
             reason = f'No flag was found for key "{key}".'
             return Decision(None, False, _NO_VARIABLES, None, key, user, (reason,))
-        if self._intake.state != RUNNING:
+        if not self._intake.running:
             self._intake.require_started("decide")
             if not self.ready:
                 return self._no_datafile_decision(user, key)
@@ -137,15 +135,9 @@ class Decider(ClassicDecisions, CommonDecisions):
     ) -> Decision:
         """Decide one flag for a user (:meth:`UserContext.decide`)."""
         intake = self._intake
-        if not options:
-            decision = self.decide_common(user, key)
-            if decision is not None:
-                if intake.queue.offered():  # let the worker have its turn now and then
-                    await checkpoint()
-                return decision
         # The common call (a known flag, no options, a running client) skips _prepare.
         flag = None
-        if not options and intake.state == RUNNING and type(key) is str:
+        if not options and intake.running and type(key) is str:
             flag = self._config.flags_by_key.get(key)
         if flag is None:
             prepared = self._prepare(user, key, options)
@@ -160,7 +152,7 @@ class Decider(ClassicDecisions, CommonDecisions):
         impressions: list[bytes] = []
         result = self._decide_for(user, flag, profile, choices, impressions)
         if impressions:
-            if len(impressions) == 1 and intake.state == RUNNING and get_ident() == intake.thread:
+            if len(impressions) == 1 and intake.running and get_ident() == intake.thread:
                 # put_impressions for the common one, without its own coroutine.
                 reason = await intake.queue.put(intake.context, impressions[0])
                 if reason is not None:

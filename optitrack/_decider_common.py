@@ -36,7 +36,6 @@ __all__ = ["CommonDecisions", "Outcome"]
 
 _FEATURE_TEST: Final = RuleType.FEATURE_TEST
 _ROLLOUT: Final = RuleType.ROLLOUT
-_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
 _NO_PLAN: Final = object()  # a flag not looked at yet
 
 
@@ -89,6 +88,7 @@ class CommonDecisions:
     _intake: Intake
     _profiles: ProfileStore
     _decision_listeners: Mapping[int, Any]
+    _variables: dict[tuple[int, int], Variables]
     options: DecideOptions
     _common_plans: dict[str, Any]
     _plans_factory: EventFactory | None
@@ -145,12 +145,7 @@ class CommonDecisions:
         if fragment is not None:
             factory = intake.factory
             try:
-                cached = user._wire_attributes  # UserContext.wire_attributes, inline
-                if cached is not None and cached[0] is factory:
-                    attributes_json = cached[1]
-                else:
-                    attributes_json = factory.attributes_json(user._attributes)
-                    user._wire_attributes = (factory, attributes_json)
+                attributes_json = user.wire_attributes(factory)
                 data = factory.visitor_impression(user_id, attributes_json, fragment)
             except InvalidInputError as exc:
                 intake.impression_refused(exc)
@@ -181,8 +176,8 @@ class CommonDecisions:
             variables: Variables | None = Variables()
             if flag.variables and choices.with_variables:
                 variables = self._variables_of(flag, variation)
-                if not all(type(value) in _IMMUTABLE for value in variables.values()):
-                    variables = None
+                if self._variables.get((id(flag), id(variation))) is not variables:
+                    variables = None  # not kept by the decider (JSON values): per call
             fragment = None
             rule_type = decision.rule_type
             if choices.send_impressions and (

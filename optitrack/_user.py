@@ -277,7 +277,7 @@ class UserContext:
             ClientStateError: The client was never entered.
         """
         decider = self._decider
-        if options is None:
+        if not options:
             decision = decider.decide_common(self, key)
             if decision is not None:
                 if decider.turn_due():  # now and then, a tight loop lets delivery run

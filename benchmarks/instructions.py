@@ -7,14 +7,26 @@ and input), once with no calls and once with ``--calls`` calls, and prints the d
 per call. Everything else (the interpreter's start, the imports, the client's setup, the
 user contexts made beforehand) is the same in both runs and cancels out.
 
-The workloads, in a running client whose queue holds everything (nothing is sent, so
-only the caller's path is counted):
+The first three workloads run in a client whose queue holds everything (nothing is sent,
+so only the caller's path is counted):
 
 * ``track``: ``await client.track("purchase", user_id, {"plan": PLAN}, {"revenue": i})``
   with fresh dicts per call, as ``track.py --rounds``;
 * ``decide``: ``await user.decide("new_checkout")`` with its impression, a fresh user
   context per call (``{"plan": "pro", "age": 34}``), as ``decide.py``;
 * ``decide, no impression``: the same with ``DISABLE_DECISION_EVENT``.
+
+The last two deliver: the same ``track`` calls, then ``await client.flush()``, to the
+counting stand-in (``_collector.py --count-only``), which runs in its own process outside
+callgrind, so that only the client's instructions are counted: the caller's path, and the
+worker's (taking batches, building bodies, the sender, the transport):
+
+* ``track, delivered``: at the default ``batch_size`` (1,000);
+* ``track, delivered, batch 10``: ten events a batch, where the worker's cost per batch
+  shows (a hundred times as many batches).
+
+How often the event loop turns while a request is out depends on timing, so these two
+move by a few tenths of a percent from run to run; the first three repeat exactly.
 
 Instructions are not time (a cache miss costs more than an add), but for the same
 workload on the same interpreter, fewer instructions is faster: it tells whether a change
@@ -41,12 +53,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-WORKLOADS = ("track", "decide", "decide, no impression")
+sys.path.insert(0, str(HERE / "benchmarks"))
+
+from _bench import Collector  # noqa: E402
+
+# Each workload, and the batch size its client sends with (None: nothing is sent).
+WORKLOADS: dict[str, int | None] = {
+    "track": None,
+    "decide": None,
+    "decide, no impression": None,
+    "track, delivered": 1000,
+    "track, delivered, batch 10": 10,
+}
 
 # Run inside the measured checkout: its optitrack, and its benchmarks' datafile.
 _CHILD = r"""
 import sys
 root, workload, calls, made = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+url, batch = sys.argv[5], int(sys.argv[6])
 sys.path[:0] = [root, root + "/benchmarks"]
 import gc, anyio, optitrack
 from _bench import datafile_text
@@ -55,11 +79,15 @@ FLAG, ATTRIBUTES, PLANS = "new_checkout", {"plan": "pro", "age": 34}, ("pro", "f
 QUIET = [optitrack.DecideOption.DISABLE_DECISION_EVENT]
 
 async def main():
-    async with optitrack.Client(
-        datafile_text(), event_endpoint="http://127.0.0.1:9/v1/events",
-        max_queue_size=10_000_000, max_queue_bytes=3_000_000_000, batch_size=10_000_000,
-        max_batch_bytes=3_500_000, flush_interval=3600.0, close_timeout=0.0,
-    ) as client:
+    if batch:  # delivered to the stand-in, batch by batch
+        options = dict(event_endpoint=url, batch_size=batch, flush_interval=3600.0)
+    else:  # held: the queue takes everything and nothing is sent
+        options = dict(
+            event_endpoint="http://127.0.0.1:9/v1/events", max_queue_size=10_000_000,
+            max_queue_bytes=3_000_000_000, batch_size=10_000_000, max_batch_bytes=3_500_000,
+            flush_interval=3600.0, close_timeout=0.0,
+        )
+    async with optitrack.Client(datafile_text(), **options) as client:
         for n in range(500):  # warm up: every cache filled, every plan made
             await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG)
             await client.create_user_context(f"user-{n}", ATTRIBUTES).decide(FLAG, QUIET)
@@ -68,10 +96,14 @@ async def main():
         ids = [f"user-{n}" for n in range(made)]
         gc.collect()
         gc.disable()
-        if workload == "track":
+        if batch:
+            await client.flush()
+        if workload.startswith("track"):
             track = client.track
             for n in range(calls):
                 await track("purchase", ids[n], {"plan": PLANS[n % 3]}, {"revenue": n})
+            if batch:
+                assert (await client.flush()).complete
         elif workload == "decide":
             for user in users[:calls]:
                 await user.decide(FLAG)
@@ -85,7 +117,7 @@ anyio.run(main)
 """
 
 
-def count(root: Path, workload: str, calls: int, made: int) -> int:
+def count(root: Path, workload: str, calls: int, made: int, url: str) -> int:
     """The instructions of one run of the child under callgrind."""
     result = subprocess.run(
         [
@@ -99,6 +131,8 @@ def count(root: Path, workload: str, calls: int, made: int) -> int:
             workload,
             str(calls),
             str(made),
+            url,
+            str(WORKLOADS[workload] or 0),
         ],
         capture_output=True,
         text=True,
@@ -114,10 +148,10 @@ def count(root: Path, workload: str, calls: int, made: int) -> int:
     return int(found.group(1))
 
 
-def per_call(root: Path, workload: str, calls: int) -> float:
+def per_call(root: Path, workload: str, calls: int, url: str) -> float:
     """Instructions per call: a run with ``calls`` calls less one with none."""
     with ThreadPoolExecutor(2) as pool:
-        none, some = pool.map(lambda n: count(root, workload, n, calls), (0, calls))
+        none, some = pool.map(lambda n: count(root, workload, n, calls, url), (0, calls))
     return (some - none) / calls
 
 
@@ -141,13 +175,17 @@ def main() -> None:
     if args.other:
         print(f"other: {roots['other']}")
     print(f"{args.calls:,} calls per counted run, less a run with none\n")
-    for workload in WORKLOADS:
-        figures = {name: per_call(root, workload, args.calls) for name, root in roots.items()}
-        line = f"{workload:<24} this {figures['this']:>9,.0f}"
-        if "other" in figures:
-            change = figures["this"] / figures["other"] - 1
-            line += f"   other {figures['other']:>9,.0f}   change {change:+.1%}"
-        print(line, flush=True)
+    with Collector(count_only=True) as collector:
+        for workload in WORKLOADS:
+            figures = {
+                name: per_call(root, workload, args.calls, collector.url)
+                for name, root in roots.items()
+            }
+            line = f"{workload:<28} this {figures['this']:>9,.0f}"
+            if "other" in figures:
+                change = figures["this"] / figures["other"] - 1
+                line += f"   other {figures['other']:>9,.0f}   change {change:+.1%}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The batch processor: the worker that wires the queue to the sender, and its lifecycle.
 
-Owns the worker loop (the pump: wait for a due batch, take it, start its delivery), the
-in-flight limit (``max_in_flight``, one while the circuit breaker is open), the close
+Owns the worker: ``max_in_flight`` long-lived senders that take turns waiting for a due
+batch, each delivering the batch it took (no task, limiter or cancel scope per batch);
+the in-flight limit (one sender at a time while the circuit breaker is open), the close
 deadline and the drain, the shielded drain after a cancellation from outside (parts cut
 off are set aside and resent first, same body and key), abandoning everything in a forked
 child, opening and closing the spool (when there is one; its queue is a ``SpoolQueue``),
@@ -94,7 +95,11 @@ class BatchProcessor:
                 ),
             )
             self.queue = SpoolQueue(options, self.spool)
-        self._limiter = anyio.CapacityLimiter(options.max_in_flight)
+        # Senders that may deliver at once (one while the circuit breaker is open), and
+        # those delivering now; the sender waiting for a turn waits on _freed for a slot.
+        self._allowed = options.max_in_flight
+        self._busy = 0
+        self._freed: anyio.Event | None = None
         self._sender = Sender(
             options.retry, notifications, gzip=options.gzip, on_breaker=self._on_breaker
         )
@@ -103,7 +108,6 @@ class BatchProcessor:
         self._forked = False
         self._deadline: float | None = None
         self._stopped = anyio.Event()
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self.thread: int | None = None  # the thread whose loop runs the worker
 
@@ -153,7 +157,6 @@ class BatchProcessor:
             # close() sets this scope's deadline: everything, the drain included, ends by it.
             with anyio.CancelScope(deadline=self._deadline or math.inf) as self._scope:
                 async with anyio.create_task_group() as task_group:
-                    self._task_group = task_group
                     if self.spool is not None:
                         task_group.start_soon(self.spool.writer)
                     task_status.started()
@@ -170,15 +173,11 @@ class BatchProcessor:
                     remaining = self._remaining()
                     if remaining > 0:
                         with anyio.move_on_after(remaining, shield=True):
-                            async with anyio.create_task_group() as task_group:
-                                self._task_group = task_group
-                                await self._pump()
-                                await self.queue.wait_idle(self._remaining())
-                                task_group.cancel_scope.cancel()
+                            await self._pump()
+                            await self.queue.wait_idle(self._remaining())
             finally:
                 self._give_up(Reason.SHUTDOWN)
                 self.close_spool()
-                self._task_group = None
                 self._stopped.set()
 
     def _remaining(self) -> float:
@@ -187,33 +186,47 @@ class BatchProcessor:
         return max(self._deadline - self._now(), 0.0)
 
     async def _pump(self) -> None:
-        """Take due batches and start their delivery; return once closed and all is out."""
-        limiter = self._limiter
+        """Deliver due batches with ``max_in_flight`` senders; return once closed and all out."""
+        turn = anyio.Lock(fast_acquire=True)
+        async with anyio.create_task_group() as senders:
+            for _ in range(self.options.max_in_flight):
+                senders.start_soon(self._send_loop, turn)
+
+    async def _send_loop(self, turn: anyio.Lock) -> None:
+        """One sender: wait for the turn, then for a due batch; deliver it; again.
+
+        Only the sender holding the turn waits for a batch (and, while the breaker is
+        open, for the others to finish), so a batch wakes one task, not all of them. It
+        passes the turn on as soon as it has taken one, and delivers that batch itself.
+        """
         queue = self.queue
         while True:
-            if self._set_aside:
-                token = object()
-                await limiter.acquire_on_behalf_of(token)
-                if not self._set_aside:
-                    limiter.release_on_behalf_of(token)
-                    continue
-                self._start(self._set_aside.popleft(), token)
-                continue
-            if not await queue.ready():
-                return
-            token = object()
-            await limiter.acquire_on_behalf_of(token)
-            part = queue.take()
-            if part is None:
-                limiter.release_on_behalf_of(token)
-                continue
-            self._start(part, token)
+            async with turn:
+                while self._busy >= self._allowed:
+                    freed = self._freed = anyio.Event()
+                    await freed.wait()
+                if self._set_aside:
+                    part = self._set_aside.popleft()
+                elif not await queue.ready():
+                    return
+                else:
+                    taken = queue.take()
+                    if taken is None:
+                        continue
+                    part = taken
+                self._busy += 1
+            try:
+                await self._deliver(part)
+            finally:
+                self._busy -= 1
+                self._free()
 
-    def _start(self, part: Part, token: object) -> None:
-        assert self._task_group is not None
-        self._task_group.start_soon(self._deliver, part, token)
+    def _free(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
-    async def _deliver(self, part: Part, token: object) -> None:
+    async def _deliver(self, part: Part) -> None:
         pieces = [part]
         try:
             while pieces:
@@ -229,11 +242,11 @@ class BatchProcessor:
                 # Set aside for the drain: same body, same idempotency key.
                 self._set_aside.extend(p for p in pieces if not p.done)
             raise
-        finally:
-            self._limiter.release_on_behalf_of(token)
 
     def _on_breaker(self, is_open: bool) -> None:
-        self._limiter.total_tokens = 1 if is_open else self.options.max_in_flight
+        self._allowed = 1 if is_open else self.options.max_in_flight
+        if not is_open:
+            self._free()
 
     def _give_up(self, reason: Reason) -> None:
         """Count everything queued or in flight as dropped."""

@@ -20,7 +20,6 @@ refusals: it returns a :class:`~optitrack._results.Reason`, the caller counts an
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 
@@ -379,9 +378,11 @@ class BatchQueue(Ledger):
 
     async def _sleep_until(self, deadline: float | None) -> None:
         wakeup = self._wakeup = anyio.Event()
-        delay = math.inf if deadline is None else deadline - self.clock()
-        with anyio.move_on_after(delay):
-            await wakeup.wait()
+        if deadline is None:
+            await wakeup.wait()  # no cancel scope where there is no deadline to keep
+        else:
+            with anyio.move_on_after(deadline - self.clock()):
+                await wakeup.wait()
         self._wakeup = None
 
     def _wake(self) -> None:

@@ -303,26 +303,24 @@ class Sender:
     ) -> tuple[int | None, str | None, float | None, str | None]:
         """One POST: (status, error or excerpt, Retry-After, Location)."""
         assert self._transport is not None
-        answer = None
-        with anyio.move_on_after(self._retry.attempt_timeout):
-            try:
-                answer = await self._transport.post(url, body, headers, self._timeouts)
-            except httpx.TimeoutException:
-                return None, "timeout", None, None
-            except httpx.HTTPError as exc:
-                return None, type(exc).__name__, None, None
-            except Exception as exc:
-                # Not a network failure (a closed or misconfigured http_client, a bug
-                # below us): a failed attempt all the same, and never the worker's end.
-                self._throttled.log(
-                    logging.ERROR,
-                    "unexpected",
-                    "Sending to the Events API raised %r; counted as a failed attempt.",
-                    exc,
-                )
-                return None, type(exc).__name__, None, None
-        if answer is None:
+        try:
+            # The transport keeps to the attempt's time limit (Timeouts.total): no cancel
+            # scope of our own around it.
+            answer = await self._transport.post(url, body, headers, self._timeouts)
+        except httpx.TimeoutException:
             return None, "timeout", None, None
+        except httpx.HTTPError as exc:
+            return None, type(exc).__name__, None, None
+        except Exception as exc:
+            # Not a network failure (a closed or misconfigured http_client, a bug below
+            # us): a failed attempt all the same, and never the worker's end.
+            self._throttled.log(
+                logging.ERROR,
+                "unexpected",
+                "Sending to the Events API raised %r; counted as a failed attempt.",
+                exc,
+            )
+            return None, type(exc).__name__, None, None
         status = answer.status
         retry_after = None
         if is_retryable_status(status):

@@ -4,14 +4,16 @@ Owns :class:`Answer` and :class:`Timeouts`, the :class:`Transport` interface, an
 implementations: :class:`LeanTransport` (HTTP/1.1 keep-alive over anyio streams, framed by
 h11, pooled by origin and process) and :class:`HttpxTransport` (an ``httpx.AsyncClient``
 the application gave). Both read an answer the same way (its status and headers, then at
-most :data:`RESPONSE_READ_CAP` bytes of its body) and raise httpx's exceptions for every
-failure before the status line, so that the sender maps them one way. It must not decide
-what an answer means, nor retry anything but a stale keep-alive connection: the sender
-does.
+most :data:`RESPONSE_READ_CAP` bytes of its body), raise httpx's exceptions for every
+failure before the status line, so that the sender maps them one way, and keep to the
+whole POST's time limit (:attr:`Timeouts.total`) themselves, so that the sender needs no
+cancel scope around a POST. It must not decide what an answer means, nor retry anything
+but a stale keep-alive connection: the sender does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import ssl
@@ -55,6 +57,8 @@ class Timeouts:
         write: Sending the request.
         pool: Waiting for a free connection.
         success_body: How long a 2xx answer's body is read at most: it changes nothing.
+        total: The whole POST, every phase within it: past it before the status line is
+            a timeout; past it after, the answer stands with what of its body came.
     """
 
     connect: float
@@ -62,11 +66,13 @@ class Timeouts:
     write: float
     pool: float
     success_body: float
+    total: float = math.inf
 
     @classmethod
     def uniform(cls, timeout: float, success_body: float) -> Timeouts:
-        """The same limit for every phase, as ``httpx.Timeout(timeout)``."""
-        return cls(timeout, timeout, timeout, timeout, success_body)
+        """The same limit for every phase and for the whole, as ``httpx.Timeout(timeout)``
+        and a deadline of ``timeout`` around it."""
+        return cls(timeout, timeout, timeout, timeout, success_body, timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ class Transport(Protocol):
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
     ) -> Answer:
-        """POST ``body`` to ``url``.
+        """POST ``body`` to ``url``, within ``timeouts``.
 
         Raises:
             httpx.TimeoutException: A time limit passed before the status line.
@@ -123,26 +129,29 @@ class HttpxTransport:
         )
         answer: Answer | None = None
         excerpt = bytearray()
-        try:
-            async with self.client.stream(
-                "POST", url, content=body, headers=headers, timeout=timeout
-            ) as response:
-                status = response.status_code
-                answer = Answer(status, response.headers, b"")
-                # Read a little of the answer: for the log, and so that a short one
-                # leaves the connection reusable. Past the cap, or when the body is slow,
-                # the connection is closed on exit rather than drained.
-                wait = timeouts.read if status >= 300 else timeouts.success_body
-                with anyio.move_on_after(wait) as reading:
-                    async for chunk in response.aiter_raw():
-                        excerpt += chunk[: RESPONSE_READ_CAP - len(excerpt)]
-                        if len(excerpt) >= RESPONSE_READ_CAP:
-                            # Cancelled, not left by ``break``: the stream's generators
-                            # end now, and the connection is closed.
-                            reading.cancel()
-        except Exception:
-            if answer is None:
-                raise
+        with anyio.move_on_after(timeouts.total):
+            try:
+                async with self.client.stream(
+                    "POST", url, content=body, headers=headers, timeout=timeout
+                ) as response:
+                    status = response.status_code
+                    answer = Answer(status, response.headers, b"")
+                    # Read a little of the answer: for the log, and so that a short one
+                    # leaves the connection reusable. Past the cap, or when the body is
+                    # slow, the connection is closed on exit rather than drained.
+                    wait = timeouts.read if status >= 300 else timeouts.success_body
+                    with anyio.move_on_after(wait) as reading:
+                        async for chunk in response.aiter_raw():
+                            excerpt += chunk[: RESPONSE_READ_CAP - len(excerpt)]
+                            if len(excerpt) >= RESPONSE_READ_CAP:
+                                # Cancelled, not left by ``break``: the stream's
+                                # generators end now, and the connection is closed.
+                                reading.cancel()
+            except Exception:
+                if answer is None:
+                    raise
+        if answer is None:
+            raise httpx.ReadTimeout("no answer within the attempt's time limit")
         return Answer(answer.status, answer.headers, bytes(excerpt))
 
     async def aclose(self) -> None:
@@ -283,6 +292,7 @@ class LeanTransport:
         self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
     ) -> Answer:
         """POST ``body`` to ``url`` (see :meth:`Transport.post`)."""
+        deadline = anyio.current_time() + timeouts.total
         origin = self._origins.get(url)
         if origin is None:
             if len(self._origins) >= 64:  # redirect targets could be many
@@ -297,7 +307,7 @@ class LeanTransport:
             pool.slots.acquire_nowait()
         except anyio.WouldBlock:
             try:
-                with anyio.fail_after(timeouts.pool):
+                with anyio.fail_after(min(timeouts.pool, deadline - anyio.current_time())):
                     await pool.slots.acquire()
             except TimeoutError:
                 raise httpx.PoolTimeout("no connection free within the pool timeout") from None
@@ -305,11 +315,14 @@ class LeanTransport:
             connection = await pool.take_idle()
             if connection is not None:
                 try:
-                    return await _exchange(pool, connection, request, body, timeouts, True)
+                    return await _exchange(
+                        pool, connection, request, body, timeouts, deadline, True
+                    )
                 except _Stale:
                     pass
-            connection = await self._connect(origin, timeouts.connect)
-            return await _exchange(pool, connection, request, body, timeouts, False)
+            wait = min(timeouts.connect, deadline - anyio.current_time())
+            connection = await self._connect(origin, wait)
+            return await _exchange(pool, connection, request, body, timeouts, deadline, False)
         finally:
             pool.slots.release()
 
@@ -383,12 +396,14 @@ async def _exchange(
     request: h11.Request,
     body: bytes,
     timeouts: Timeouts,
+    deadline: float,
     reused: bool,
 ) -> Answer:
     """One request and its answer on ``connection``, kept in ``pool`` if still usable.
 
-    One cancel scope times every phase (its deadline moves on as the phases do): a scope
-    each costs more than the rest of the exchange's bookkeeping.
+    One cancel scope times every phase and the whole POST (its deadline moves on as the
+    phases do, never past ``deadline``): a scope each costs more than the rest of the
+    exchange's bookkeeping.
     """
     conn = connection.h11
     stream = connection.stream
@@ -402,7 +417,8 @@ async def _exchange(
             conn.send(event) or b"" for event in (request, h11.Data(data=body), h11.EndOfMessage())
         )
         unsent: BaseException | None = None
-        with anyio.CancelScope(deadline=anyio.current_time() + timeouts.write) as scope:
+        now = anyio.current_time()
+        with anyio.CancelScope(deadline=min(now + timeouts.write, deadline)) as scope:
             try:
                 try:
                     await stream.send(data)
@@ -411,7 +427,7 @@ async def _exchange(
                     # for a body too large): its answer, if any, says more.
                     unsent = exc
                 phase = _READ
-                scope.deadline = anyio.current_time() + timeouts.read
+                scope.deadline = min(anyio.current_time() + timeouts.read, deadline)
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
@@ -443,7 +459,7 @@ async def _exchange(
             )
             phase = _BODY
             wait = timeouts.read if status >= 300 else timeouts.success_body
-            scope.deadline = anyio.current_time() + wait
+            scope.deadline = min(anyio.current_time() + wait, deadline)
             try:
                 while len(excerpt) < RESPONSE_READ_CAP:
                     event = conn.next_event()

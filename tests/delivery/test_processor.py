@@ -24,7 +24,7 @@ from optitrack._delivery import BatchOptions, BatchProcessor
 from optitrack._notifications import NotificationCenter
 from optitrack.testing import Delay, EventsAPI, Hang, Reset, Respond, serve
 from tests.conftest import EVENTS_URL, check_ledger
-from tests.delivery.conftest import Gate, context
+from tests.delivery.conftest import Gate, context, visitor
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +62,66 @@ async def test_the_breaker_limits_concurrency_to_one(datafile: dict[str, Any]) -
             assert gate.max_active == 1
         processor.close(0)
     assert processor.statistics().dropped == {"shutdown": 3}
+
+
+async def test_max_in_flight_requests_go_at_once_and_never_more(
+    datafile: dict[str, Any],
+) -> None:
+    api = EventsAPI()
+    gate = Gate(api)
+    options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0)
+    processor = BatchProcessor(options, NotificationCenter())
+    ctx = context(EVENTS_URL)
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(processor.run, http)
+        with anyio.fail_after(10):
+            for n in range(7):
+                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+            await anyio.wait_all_tasks_blocked()
+            # Three batches are in flight, held at the gate; the other four wait.
+            assert (gate.active, processor.statistics().queued) == (3, 4)
+            gate.open.set()
+            assert (await processor.flush()).complete
+        processor.close(0)
+    assert gate.max_active == 3
+    assert processor.statistics().delivered == 7
+    assert len(api.requests) == 7
+
+
+async def test_full_concurrency_returns_when_the_breaker_closes(
+    datafile: dict[str, Any],
+) -> None:
+    api = EventsAPI()
+    api.fail_all(Respond(503))
+    gate = Gate(api)
+    gate.open.set()
+    policy = RetryPolicy(attempts=10_000, wait_initial=0.001, wait_max=0.002, breaker_threshold=2)
+    options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0, retry=policy)
+    processor = BatchProcessor(options, NotificationCenter())
+    ctx = context(EVENTS_URL)
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(processor.run, http)
+        with anyio.fail_after(10):
+            assert processor.queue.put_nowait(ctx, visitor("u0")) is None
+            await api.wait_for_requests(3)  # the breaker opened after two
+            api.heal()
+            assert (await processor.flush()).complete  # the probe succeeded: closed
+            gate.open = anyio.Event()
+            gate.max_active = 0
+            for n in range(1, 5):
+                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+            await anyio.wait_all_tasks_blocked()
+            assert gate.active == 3  # not one at a time any more
+            gate.open.set()
+            assert (await processor.flush()).complete
+        processor.close(0)
+    assert processor.statistics().delivered == 5
 
 
 async def test_a_hanging_endpoint_cannot_hold_up_aclose(datafile: dict[str, Any]) -> None:

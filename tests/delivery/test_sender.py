@@ -91,8 +91,10 @@ async def test_a_poison_event_is_isolated_and_the_rest_delivered(
             await client.track("purchase", f"u{n}", None, tags)
         result = await client.flush()
         stats = client.statistics()
-    assert result.delivered == 499
-    assert result.dropped == 1
+    # The bisection may end before flush() is called (the in-process transport never
+    # waits): the ledger, not the flush's own count, says what became of each event.
+    assert result.complete
+    assert stats.delivered == 499
     assert stats.dropped == {"http_400": 1}
     assert stats.batches == 1
     delivered = [v.visitor_id for v in api.visitors]
@@ -123,7 +125,9 @@ async def test_an_endpoint_that_refuses_everything_costs_few_requests(
         for n in range(1000):
             await client.track("purchase", f"u{n}")
         result = await client.flush()
-    assert result.dropped == 1000
+    # The bisection may end before flush() is called (the in-process transport never
+    # waits): the ledger says what became of the events.
+    assert result.complete
     assert client.statistics().dropped == {"http_400": 1000}
     assert len(api.requests) <= 65  # 32 splits (3 log2 n + 2), 2 requests each, and 1
 

@@ -13,8 +13,8 @@ parts. Data flows one way::
                                                   ▼
                                              Part ──────────────────── batch.py
                                              a batch: ctx, items, first seq, key
-                                                  │ BatchProcessor._pump ─ processor.py
-                                                  │ (in-flight limit, drain, fork)
+                                                  │ BatchProcessor ──────── processor.py
+                                                  │ (senders, in-flight limit, drain, fork)
                                                   ▼
                                              Sender.send(part) ──────── sender.py
                                              attempts, backoff (retry.py), Retry-After,

@@ -522,6 +522,6 @@ class Client(ClassicCalls):
         """
         if not isinstance(user_id, str):
             raise TypeError(f"user_id must be a str, not {type(user_id).__name__}")
-        if attributes is not None and not isinstance(attributes, Mapping):
+        if not (attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)):
             raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
         return UserContext(self, self._decider, user_id, attributes)

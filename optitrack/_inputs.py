@@ -38,7 +38,7 @@ class Inputs:
         if not isinstance(user_id, str):
             self.invalid('Provided "user_id" is in an invalid format.')
             return False
-        if attributes is not None and not isinstance(attributes, Mapping):
+        if not (attributes is None or type(attributes) is dict or isinstance(attributes, Mapping)):
             self.invalid("Provided attributes are in an invalid format.")
             return False
         return True

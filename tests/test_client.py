@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -117,6 +118,17 @@ async def test_empty_user_id_and_any_mapping_are_accepted(datafile: dict[str, An
         assert await client.track("signup", "", OrderedDict(plan="pro"), OrderedDict(k="v"))
     (visitor,) = api.visitors
     assert visitor.visitor_id == ""
+
+
+def test_a_user_context_takes_any_mapping_and_nothing_else(datafile: dict[str, Any]) -> None:
+    client = optitrack.Client(datafile, event_endpoint=EVENTS_URL)
+    user = client.create_user_context("u", MappingProxyType({"plan": "pro"}))
+    assert user.attributes == {"plan": "pro"}
+    assert client.create_user_context("u", OrderedDict(plan="pro")).attributes == {"plan": "pro"}
+    with pytest.raises(TypeError, match="attributes must be a mapping, not list"):
+        client.create_user_context("u", [("plan", "pro")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="user_id must be a str, not int"):
+        client.create_user_context(7, {})  # type: ignore[arg-type]
 
 
 async def test_strict_client_raises(datafile: dict[str, Any]) -> None:

@@ -188,6 +188,7 @@ class BatchProcessor:
     async def _pump(self) -> None:
         """Deliver due batches with ``max_in_flight`` senders; return once closed and all out."""
         turn = anyio.Lock(fast_acquire=True)
+        self._freed = None  # one a cancelled sender may have left
         async with anyio.create_task_group() as senders:
             for _ in range(self.options.max_in_flight):
                 senders.start_soon(self._send_loop, turn)
@@ -195,25 +196,29 @@ class BatchProcessor:
     async def _send_loop(self, turn: anyio.Lock) -> None:
         """One sender: wait for the turn, then for a due batch; deliver it; again.
 
-        Only the sender holding the turn waits for a batch (and, while the breaker is
-        open, for the others to finish), so a batch wakes one task, not all of them. It
-        passes the turn on as soon as it has taken one, and delivers that batch itself.
+        Only the sender holding the turn waits for a batch (and for a free slot: while the
+        breaker is open, for the others to finish), so a batch wakes one task, not all of
+        them. It passes the turn on as soon as it has taken one, and delivers that batch
+        itself.
         """
         queue = self.queue
         while True:
             async with turn:
-                while self._busy >= self._allowed:
-                    freed = self._freed = anyio.Event()
-                    await freed.wait()
-                if self._set_aside:
-                    part = self._set_aside.popleft()
-                elif not await queue.ready():
-                    return
-                else:
-                    taken = queue.take()
-                    if taken is None:
-                        continue
-                    part = taken
+                while True:
+                    while self._busy >= self._allowed:
+                        freed = self._freed = anyio.Event()
+                        await freed.wait()
+                    if self._set_aside:
+                        part = self._set_aside.popleft()
+                        break
+                    if not await queue.ready():
+                        return
+                    # The breaker may have opened while this sender waited for a batch.
+                    if self._busy < self._allowed:
+                        taken = queue.take()
+                        if taken is not None:
+                            part = taken
+                            break
                 self._busy += 1
             try:
                 await self._deliver(part)

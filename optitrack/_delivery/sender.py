@@ -15,6 +15,7 @@ import gzip
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TypeAlias
 
@@ -286,27 +287,31 @@ class Sender:
             self.retries += 1
         self.bytes_sent += len(body)
         url = part.ctx.endpoint
-        status, error, retry_after, location = await self._post(url, body, headers)
+        timeouts = self._timeouts
+        deadline = self._now() + timeouts.total
+        status, error, retry_after, location = await self._post(url, body, headers, timeouts)
         if status in (307, 308):
             target = _redirect_target(url, location)
             if target is None:
                 return status, f"redirect to {location!r} not followed", None
             self.requests += 1
             self.bytes_sent += len(body)
-            status, error, retry_after, location = await self._post(target, body, headers)
+            # The attempt's time limit covers both requests: what is left of it.
+            rest = replace(timeouts, total=max(deadline - self._now(), 0.0))
+            status, error, retry_after, location = await self._post(target, body, headers, rest)
             if status in (307, 308):
                 return status, "redirected twice: not followed", None
         return status, error, retry_after
 
     async def _post(
-        self, url: str, body: bytes, headers: dict[str, str]
+        self, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
     ) -> tuple[int | None, str | None, float | None, str | None]:
         """One POST: (status, error or excerpt, Retry-After, Location)."""
         assert self._transport is not None
         try:
-            # The transport keeps to the attempt's time limit (Timeouts.total): no cancel
-            # scope of our own around it.
-            answer = await self._transport.post(url, body, headers, self._timeouts)
+            # The transport keeps to the time limit (Timeouts.total): no cancel scope of
+            # our own around it.
+            answer = await self._transport.post(url, body, headers, timeouts)
         except httpx.TimeoutException:
             return None, "timeout", None, None
         except httpx.HTTPError as exc:

@@ -310,7 +310,7 @@ class LeanTransport:
                 with anyio.fail_after(min(timeouts.pool, deadline - anyio.current_time())):
                     await pool.slots.acquire()
             except TimeoutError:
-                raise httpx.PoolTimeout("no connection free within the pool timeout") from None
+                raise httpx.PoolTimeout("no connection free in time") from None
         try:
             connection = await pool.take_idle()
             if connection is not None:
@@ -321,7 +321,7 @@ class LeanTransport:
                 except _Stale:
                     pass
             wait = min(timeouts.connect, deadline - anyio.current_time())
-            connection = await self._connect(origin, wait)
+            connection = await self._connect(origin, wait)  # the CA bundle's loading too
             return await _exchange(pool, connection, request, body, timeouts, deadline, False)
         finally:
             pool.slots.release()
@@ -336,14 +336,14 @@ class LeanTransport:
                 del self._pools[key]
 
     async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
-        context = None
-        if origin.scheme == "https":
-            if self._ssl_context is None:
-                # Loading the CA bundle takes tens of milliseconds: off the event loop.
-                self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
-            context = self._ssl_context
         try:
             with anyio.fail_after(timeout):
+                context = None
+                if origin.scheme == "https":
+                    if self._ssl_context is None:
+                        # Loading the CA bundle takes tens of milliseconds: off the loop.
+                        self._ssl_context = await anyio.to_thread.run_sync(httpx.create_ssl_context)
+                    context = self._ssl_context
                 stream: anyio.abc.ByteStream
                 if context is None:
                     stream = await anyio.connect_tcp(origin.host, origin.port)

@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -91,37 +92,105 @@ async def test_max_in_flight_requests_go_at_once_and_never_more(
     assert len(api.requests) == 7
 
 
-async def test_full_concurrency_returns_when_the_breaker_closes(
+async def test_no_new_batch_leaves_the_queue_while_the_breaker_is_open(
     datafile: dict[str, Any],
 ) -> None:
     api = EventsAPI()
     api.fail_all(Respond(503))
-    gate = Gate(api)
-    gate.open.set()
-    policy = RetryPolicy(attempts=10_000, wait_initial=0.001, wait_max=0.002, breaker_threshold=2)
+    policy = RetryPolicy(
+        attempts=10_000,
+        wait_initial=0.001,
+        wait_max=0.002,
+        breaker_threshold=2,
+        probe_interval=0.05,
+    )
     options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0, retry=policy)
     processor = BatchProcessor(options, NotificationCenter())
     ctx = context(EVENTS_URL)
     async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
         anyio.create_task_group() as tg,
     ):
         await tg.start(processor.run, http)
         with anyio.fail_after(10):
             assert processor.queue.put_nowait(ctx, visitor("u0")) is None
-            await api.wait_for_requests(3)  # the breaker opened after two
-            api.heal()
-            assert (await processor.flush()).complete  # the probe succeeded: closed
-            gate.open = anyio.Event()
-            gate.max_active = 0
-            for n in range(1, 5):
+            # The breaker opened after two; a sender was already waiting for a batch.
+            await api.wait_for_requests(3)
+            for n in (1, 2):
                 assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
             await anyio.wait_all_tasks_blocked()
-            assert gate.active == 3  # not one at a time any more
-            gate.open.set()
+            stats = processor.statistics()
+            assert (stats.in_flight, stats.queued) == (1, 2)  # one batch out, probing
+        processor.close(0)
+    assert processor.statistics().dropped == {"shutdown": 3}
+
+
+class HoldWhen:
+    """Wraps an app: holds each request whose body ``holds`` until ``open`` is set."""
+
+    def __init__(self, app: Any, holds: Callable[[bytes], bool]) -> None:
+        self.app = app
+        self.holds = holds
+        self.open = anyio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if self.holds(body):
+            await self.open.wait()
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def test_full_width_returns_when_the_breaker_closes_mid_delivery(
+    datafile: dict[str, Any],
+) -> None:
+    # The probe that closes the breaker is the first half of a split batch: its sender
+    # goes on with the second half (held here), and a waiting batch must go at once.
+    api = EventsAPI()
+    api.fail_all(Respond(503))
+    app = HoldWhen(api, lambda body: b'"u1"' in body and b'"u0"' not in body)
+    policy = RetryPolicy(
+        attempts=10_000,
+        wait_initial=0.001,
+        wait_max=0.002,
+        breaker_threshold=2,
+        probe_interval=0.001,
+    )
+    options = BatchOptions(batch_size=2, max_in_flight=2, flush_interval=60, retry=policy)
+    processor = BatchProcessor(options, NotificationCenter())
+    ctx = context(EVENTS_URL)
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(processor.run, http)
+        with anyio.fail_after(10):
+            for n in (0, 1):
+                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+            await api.wait_for_requests(3)  # the breaker opened after two
+            for n in (2, 3):
+                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+            api.heal()
+            api.fail_when(lambda body: b'"u0"' in body and b'"u1"' in body, Respond(400))
+            # u0 alone closes the breaker; u2 and u3 go while u1 is held.
+            await api.wait_for_events(3)
+            app.open.set()
             assert (await processor.flush()).complete
         processor.close(0)
-    assert processor.statistics().delivered == 5
+    assert sorted(v.visitor_id for v in api.visitors) == ["u0", "u1", "u2", "u3"]
 
 
 async def test_a_hanging_endpoint_cannot_hold_up_aclose(datafile: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 import optitrack
 from optitrack._delivery.sender import RESPONSE_READ_CAP
-from optitrack.testing import EventsAPI
+from optitrack.testing import EventsAPI, Hang
 from tests.conftest import check_ledger
 from tests.delivery.conftest import FAST
 
@@ -35,22 +35,23 @@ async def client_at(
     app: Any, datafile: dict[str, Any], endpoint: str, **options: Any
 ) -> AsyncIterator[optitrack.Client]:
     """A running client posting to ``endpoint``, in-process to ``app``."""
+    options.setdefault("retry", FAST)
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
-        optitrack.Client(
-            datafile, event_endpoint=endpoint, http_client=http, retry=FAST, **options
-        ) as client,
+        optitrack.Client(datafile, event_endpoint=endpoint, http_client=http, **options) as client,
     ):
         yield client
 
 
 class Redirecting:
-    """Answers ``status`` with ``location`` on ``/old`` (and ``/older``); passes the rest."""
+    """Answers ``status`` with ``location`` on ``/old`` (and ``/older``), after ``delay``
+    seconds; passes the rest."""
 
-    def __init__(self, app: Any, status: int, location: str) -> None:
+    def __init__(self, app: Any, status: int, location: str, delay: float = 0.0) -> None:
         self.app = app
         self.status = status
         self.location = location
+        self.delay = delay  # before answering: a slow endpoint
         self.redirected = 0
 
     async def __call__(
@@ -63,6 +64,8 @@ class Redirecting:
             self.redirected += 1
             while (await receive()).get("more_body"):
                 pass
+            if self.delay:
+                await anyio.sleep(self.delay)
             headers = [(b"location", self.location.encode())]
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             await send({"type": "http.response.body", "body": b"moved"})
@@ -87,6 +90,28 @@ async def test_307_and_308_are_followed_once_with_the_same_body(
     assert [v.visitor_id for v in api.visitors] == ["u0", "u1", "u2"]
     assert [r.method for r in api.requests] == ["POST"]
     assert stats.dropped == {}
+    check_ledger(stats)
+
+
+async def test_a_redirect_and_its_follow_up_share_the_attempts_time_limit(
+    datafile: dict[str, Any],
+) -> None:
+    api = EventsAPI()
+    api.fail_all(Hang())  # the follow-up is never answered
+    app = Redirecting(api, 307, "/v1/events", delay=0.4)
+    retry = optitrack.RetryPolicy(attempts=1, attempt_timeout=0.6)
+    async with client_at(app, datafile, f"{ORIGIN}/old", retry=retry) as client:
+        await client.track("purchase", "u")
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            result = await client.flush()
+        elapsed = anyio.current_time() - started
+        stats = client.statistics()
+    assert result.dropped == 1
+    assert stats.dropped == {"retries_exhausted": 1}
+    assert (app.redirected, len(api.requests)) == (1, 1)
+    # 0.6 s for the attempt, both requests in it; not 0.6 s for each (1.0 s in all).
+    assert 0.55 < elapsed < 0.9
     check_ledger(stats)
 
 

@@ -319,6 +319,24 @@ async def test_an_answer_trickling_in_keeps_to_the_whole_posts_limit(kind: str) 
             await transport.post(server.url, BODY, HEADERS, timeouts)
 
 
+@pytest.mark.parametrize("kind", ["lean", "httpx"])
+async def test_an_answer_whose_status_came_in_time_stands_past_the_limit(kind: str) -> None:
+    async def handler(stream: anyio.abc.ByteStream, number: int) -> None:
+        await server.read_request(stream, h11.Connection(h11.SERVER))
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+        while True:
+            await anyio.sleep(0.02)
+            await stream.send(b"c")
+
+    timeouts = Timeouts(5, 5, 5, 5, 5, total=0.3)
+    async with scripted(handler) as server, httpx.AsyncClient() as http:
+        transport = LeanTransport(4) if kind == "lean" else HttpxTransport(http)
+        with anyio.fail_after(3):
+            got = await transport.post(server.url, BODY, HEADERS, timeouts)
+    assert got.status == 200
+    assert got.body.startswith(b"abc")
+
+
 async def test_a_server_that_never_reads_is_a_write_timeout() -> None:
     # A listening socket nobody accepts from: the kernel takes the connection, and no
     # event loop reads its data into memory.

@@ -55,7 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "benchmarks"))
 
-from _bench import Collector  # noqa: E402
+from _bench import Collector, print_machine  # noqa: E402
 
 # Each workload, and the batch size its client sends with (None: nothing is sent).
 WORKLOADS: dict[str, int | None] = {
@@ -163,15 +163,7 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     roots = {"this": HERE} | ({"other": args.other.resolve()} if args.other else {})
-    head = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    print("# instructions per call, counted by callgrind")
-    print(f"command: python {' '.join(sys.argv)}")
-    print(f"python: {sys.version.split()[0]}; this tree: {HERE} at {head}")
+    print_machine("Instructions per call, counted by callgrind", sys.argv)
     if args.other:
         print(f"other: {roots['other']}")
     print(f"{args.calls:,} calls per counted run, less a run with none\n")

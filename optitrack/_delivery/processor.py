@@ -194,37 +194,40 @@ class BatchProcessor:
                 senders.start_soon(self._send_loop, turn)
 
     async def _send_loop(self, turn: anyio.Lock) -> None:
-        """One sender: wait for the turn, then for a due batch; deliver it; again.
+        """One sender: take the turn and, with it, the next part; deliver it; again.
 
-        Only the sender holding the turn waits for a batch (and for a free slot: while the
-        breaker is open, for the others to finish), so a batch wakes one task, not all of
-        them. It passes the turn on as soon as it has taken one, and delivers that batch
-        itself.
+        Only the sender holding the turn waits for a part, so a batch wakes one task, not
+        all of them. It passes the turn on as soon as it has one, and delivers it itself.
         """
-        queue = self.queue
         while True:
             async with turn:
-                while True:
-                    while self._busy >= self._allowed:
-                        freed = self._freed = anyio.Event()
-                        await freed.wait()
-                    if self._set_aside:
-                        part = self._set_aside.popleft()
-                        break
-                    if not await queue.ready():
-                        return
-                    # The breaker may have opened while this sender waited for a batch.
-                    if self._busy < self._allowed:
-                        taken = queue.take()
-                        if taken is not None:
-                            part = taken
-                            break
+                part = await self._next_part()
+                if part is None:
+                    return
                 self._busy += 1
             try:
                 await self._deliver(part)
             finally:
                 self._busy -= 1
                 self._free()
+
+    async def _next_part(self) -> Part | None:
+        """A free slot (while the breaker is open, the others finished), then the next
+        part: one set aside first, else a due batch; ``None`` once closed and all out."""
+        queue = self.queue
+        while True:
+            while self._busy >= self._allowed:
+                freed = self._freed = anyio.Event()
+                await freed.wait()
+            if self._set_aside:
+                return self._set_aside.popleft()
+            if not await queue.ready():
+                return None
+            # The breaker may have opened while this sender waited for a batch.
+            if self._busy < self._allowed:
+                part = queue.take()
+                if part is not None:
+                    return part
 
     def _free(self) -> None:
         if self._freed is not None:

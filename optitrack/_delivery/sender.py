@@ -185,7 +185,7 @@ class Sender:
             outage = self._breaker_open  # known down: a failure says nothing of this batch
             started = self._now()
             try:
-                status, error, retry_after = await self._attempt(part, body, headers)
+                status, error, retry_after = await self._attempt(part, body, headers, started)
             finally:
                 if probe:
                     self._probe_ended()
@@ -273,9 +273,10 @@ class Sender:
         return headers
 
     async def _attempt(
-        self, part: Part, body: bytes, headers: dict[str, str]
+        self, part: Part, body: bytes, headers: dict[str, str], started: float
     ) -> tuple[int | None, str | None, float | None]:
-        """One request, and at most one 307/308 redirect of it.
+        """One request, and at most one 307/308 redirect of it, within the attempt's time
+        limit from ``started`` (the loop's clock).
 
         Returns (status, error or response excerpt, Retry-After). A status counts as soon
         as the status line is in: the body is read only up to :data:`RESPONSE_READ_CAP`
@@ -288,7 +289,6 @@ class Sender:
         self.bytes_sent += len(body)
         url = part.ctx.endpoint
         timeouts = self._timeouts
-        deadline = self._now() + timeouts.total
         status, error, retry_after, location = await self._post(url, body, headers, timeouts)
         if status in (307, 308):
             target = _redirect_target(url, location)
@@ -297,7 +297,7 @@ class Sender:
             self.requests += 1
             self.bytes_sent += len(body)
             # The attempt's time limit covers both requests: what is left of it.
-            rest = replace(timeouts, total=max(deadline - self._now(), 0.0))
+            rest = replace(timeouts, total=max(started + timeouts.total - self._now(), 0.0))
             status, error, retry_after, location = await self._post(target, body, headers, rest)
             if status in (307, 308):
                 return status, "redirected twice: not followed", None

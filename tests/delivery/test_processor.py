@@ -12,7 +12,9 @@ import os
 import random
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -30,38 +32,46 @@ from tests.delivery.conftest import Gate, context, visitor
 pytestmark = pytest.mark.anyio
 
 
+#: Retries at once and a breaker that opens after two failures, probing every 1 ms.
+BREAKER = RetryPolicy(
+    attempts=10_000, wait_initial=0.001, wait_max=0.002, breaker_threshold=2, probe_interval=0.001
+)
+CTX = context(EVENTS_URL)
+
+
+@asynccontextmanager
+async def running(app: Any, **options: Any) -> AsyncIterator[BatchProcessor]:
+    """A processor with ``options`` delivering in-process to ``app``; closed at once on exit."""
+    processor = BatchProcessor(BatchOptions(**options), NotificationCenter())
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(processor.run, http)
+        try:
+            yield processor
+        finally:
+            processor.close(0)
+
+
 async def test_the_breaker_limits_concurrency_to_one(datafile: dict[str, Any]) -> None:
     api = EventsAPI()
     api.fail_all(Respond(503))
     gate = Gate(api)
     gate.open.set()
-    policy = RetryPolicy(
-        attempts=10_000,
-        wait_initial=0.001,
-        wait_max=0.002,
-        breaker_threshold=2,
-        probe_interval=0.001,
-    )
-    options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0, retry=policy)
-    processor = BatchProcessor(options, NotificationCenter())
-    ctx = context(EVENTS_URL)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        anyio.create_task_group() as tg,
-    ):
-        await tg.start(processor.run, http)
+    options = {"batch_size": 1, "max_in_flight": 3, "flush_interval": 0, "retry": BREAKER}
+    async with running(gate, **options) as processor:
         with anyio.fail_after(10):
-            assert processor.queue.put_nowait(ctx, b'{"n":0}') is None
+            assert processor.queue.put_nowait(CTX, b'{"n":0}') is None
             await api.wait_for_requests(5)  # the breaker opened after two
             for n in range(1, 3):
-                assert processor.queue.put_nowait(ctx, b'{"n":%d}' % n) is None
+                assert processor.queue.put_nowait(CTX, b'{"n":%d}' % n) is None
             await api.wait_for_requests(20)
             assert processor.statistics().delivered == 0
             # Three batches are waiting but only one retries at a time now.
             gate.max_active = 0
             await api.wait_for_requests(40)
             assert gate.max_active == 1
-        processor.close(0)
     assert processor.statistics().dropped == {"shutdown": 3}
 
 
@@ -70,23 +80,15 @@ async def test_max_in_flight_requests_go_at_once_and_never_more(
 ) -> None:
     api = EventsAPI()
     gate = Gate(api)
-    options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0)
-    processor = BatchProcessor(options, NotificationCenter())
-    ctx = context(EVENTS_URL)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=gate)) as http,
-        anyio.create_task_group() as tg,
-    ):
-        await tg.start(processor.run, http)
+    async with running(gate, batch_size=1, max_in_flight=3, flush_interval=0) as processor:
         with anyio.fail_after(10):
             for n in range(7):
-                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+                assert processor.queue.put_nowait(CTX, visitor(f"u{n}")) is None
             await anyio.wait_all_tasks_blocked()
             # Three batches are in flight, held at the gate; the other four wait.
             assert (gate.active, processor.statistics().queued) == (3, 4)
             gate.open.set()
             assert (await processor.flush()).complete
-        processor.close(0)
     assert gate.max_active == 3
     assert processor.statistics().delivered == 7
     assert len(api.requests) == 7
@@ -97,31 +99,19 @@ async def test_no_new_batch_leaves_the_queue_while_the_breaker_is_open(
 ) -> None:
     api = EventsAPI()
     api.fail_all(Respond(503))
-    policy = RetryPolicy(
-        attempts=10_000,
-        wait_initial=0.001,
-        wait_max=0.002,
-        breaker_threshold=2,
-        probe_interval=0.05,
-    )
-    options = BatchOptions(batch_size=1, max_in_flight=3, flush_interval=0, retry=policy)
-    processor = BatchProcessor(options, NotificationCenter())
-    ctx = context(EVENTS_URL)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api)) as http,
-        anyio.create_task_group() as tg,
-    ):
-        await tg.start(processor.run, http)
+    retry = replace(BREAKER, probe_interval=0.05)
+    async with running(
+        api, batch_size=1, max_in_flight=3, flush_interval=0, retry=retry
+    ) as processor:
         with anyio.fail_after(10):
-            assert processor.queue.put_nowait(ctx, visitor("u0")) is None
+            assert processor.queue.put_nowait(CTX, visitor("u0")) is None
             # The breaker opened after two; a sender was already waiting for a batch.
             await api.wait_for_requests(3)
             for n in (1, 2):
-                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+                assert processor.queue.put_nowait(CTX, visitor(f"u{n}")) is None
             await anyio.wait_all_tasks_blocked()
             stats = processor.statistics()
             assert (stats.in_flight, stats.queued) == (1, 2)  # one batch out, probing
-        processor.close(0)
     assert processor.statistics().dropped == {"shutdown": 3}
 
 
@@ -162,34 +152,21 @@ async def test_full_width_returns_when_the_breaker_closes_mid_delivery(
     api = EventsAPI()
     api.fail_all(Respond(503))
     app = HoldWhen(api, lambda body: b'"u1"' in body and b'"u0"' not in body)
-    policy = RetryPolicy(
-        attempts=10_000,
-        wait_initial=0.001,
-        wait_max=0.002,
-        breaker_threshold=2,
-        probe_interval=0.001,
-    )
-    options = BatchOptions(batch_size=2, max_in_flight=2, flush_interval=60, retry=policy)
-    processor = BatchProcessor(options, NotificationCenter())
-    ctx = context(EVENTS_URL)
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
-        anyio.create_task_group() as tg,
-    ):
-        await tg.start(processor.run, http)
+    async with running(
+        app, batch_size=2, max_in_flight=2, flush_interval=60, retry=BREAKER
+    ) as processor:
         with anyio.fail_after(10):
             for n in (0, 1):
-                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+                assert processor.queue.put_nowait(CTX, visitor(f"u{n}")) is None
             await api.wait_for_requests(3)  # the breaker opened after two
             for n in (2, 3):
-                assert processor.queue.put_nowait(ctx, visitor(f"u{n}")) is None
+                assert processor.queue.put_nowait(CTX, visitor(f"u{n}")) is None
             api.heal()
             api.fail_when(lambda body: b'"u0"' in body and b'"u1"' in body, Respond(400))
             # u0 alone closes the breaker; u2 and u3 go while u1 is held.
             await api.wait_for_events(3)
             app.open.set()
             assert (await processor.flush()).complete
-        processor.close(0)
     assert sorted(v.visitor_id for v in api.visitors) == ["u0", "u1", "u2", "u3"]
 
 
